@@ -1,0 +1,5 @@
+# Quiet, offline settings for every tool of the pipeline (sourced by the other scripts).
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120
+export DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false
+export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite: unit tests on tiny configs plus real runs on ../shared/data/office when it is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+export PREFECT_HOME="$(mktemp -d)/prefect"
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,32 @@
+import pytest
+
+from gensar.config import ConfigError, Params, load_params
+
+
+def test_repository_params_load_typed():
+    p = load_params("params.yaml")
+    assert isinstance(p, Params)
+    assert p.ids.shared_levels == 2 and p.ids.codebook_size == 256
+    assert p.ids.hidden == (512, 256, 128)
+    assert p.data.synthetic.events_per_user == (6, 16)
+    assert p.train.tasks["rec"] == 1.0
+
+
+def test_unknown_key_is_named(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("ids:\n  shared_levles: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'ids.shared_levles'"):
+        load_params(f)
+
+
+def test_wrong_type_is_named(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("train:\n  epochs: ten\n")
+    with pytest.raises(ConfigError, match=r"'train.epochs' must be an integer"):
+        load_params(f)
+
+
+def test_missing_sections_take_defaults_and_overrides_apply(tmp_path):
+    p = load_params(tmp_path / "absent.yaml", overrides={"ids.mode": "semantic", "train.epochs": 2})
+    assert p.ids.mode == "semantic" and p.train.epochs == 2
+    assert p.data.source == "synthetic"
