@@ -1,0 +1,145 @@
+"""The evaluation driver: every model goes through the same cases, candidates and metric code.
+
+A model is any object with a `name` and one or both of
+
+    rank_rec(histories, k, candidates=None) -> list[list[item_id]]
+    rank_search(queries, histories, k, candidates=None) -> list[list[item_id]]
+
+histories: list of item-id lists (oldest first); queries: list of query texts; candidates: None for
+full ranking over all items, else one candidate list per case (the sampled protocol). The return is
+the model's top-k item ids per case, best first. A model without `rank_search` is simply not
+evaluated on search (and the other way round).
+
+`ScoreRanker` turns a model that scores every item (popularity, BM25, dense retrieval, SASRec)
+into that interface: it ranks all items (full) or gathers the candidates' scores (sampled).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from gensar.eval.metrics import MAX_K, metrics_from_ranks, target_ranks, topk_from_scores
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("rec", "search")
+PROTOCOLS = ("sampled", "full")
+
+
+@dataclass
+class EvalData:
+    """Everything the driver needs: the catalogue, query texts and the cases with candidates."""
+    item_ids: list[str]
+    item_texts: list[str]
+    query_texts: dict[str, str]
+    cases: pd.DataFrame          # candidates.CASE_COLUMNS + `candidates`, one split
+
+    def task_cases(self, task: str) -> pd.DataFrame:
+        return self.cases[self.cases["behavior"] == task].reset_index(drop=True)
+
+
+def load_eval_data(canonical: str, candidates_path: str, split: str = "test",
+                   max_users: int = 0, seed: int = 0) -> EvalData:
+    """Read the canonical tables and the saved candidates; optionally subsample users (seeded).
+
+    The same users are kept for both tasks, so the rec and search numbers describe one population.
+    """
+    from pathlib import Path
+
+    canonical = Path(canonical)
+    items = pd.read_parquet(canonical / "items.parquet")
+    queries = pd.read_parquet(canonical / "queries.parquet")
+    path = Path(candidates_path)
+    if path.is_dir():
+        path = path / "candidates.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: candidates not found (run the evaluate stage's candidate step)")
+    cases = pd.read_parquet(path)
+    cases = cases[cases["split"] == split].reset_index(drop=True)
+    if cases.empty:
+        raise ValueError(f"{path}: no cases for split {split!r}")
+    cases["history"] = cases["history"].map(list)
+    cases["candidates"] = cases["candidates"].map(list)
+    if max_users and cases["user_id"].nunique() > max_users:
+        users = np.sort(cases["user_id"].unique())
+        keep = set(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
+        cases = cases[cases["user_id"].isin(keep)].reset_index(drop=True)
+    return EvalData(items["item_id"].tolist(), items["text"].tolist(),
+                    dict(zip(queries["query_id"], queries["text"])), cases)
+
+
+class ScoreRanker:
+    """Base class for models that give a score to every item; subclasses implement
+    `score_rec(histories) -> (n, n_items)` and/or `score_search(queries, histories) -> (n, n_items)`
+    with columns in `item_ids` order."""
+
+    name = "score"
+
+    def __init__(self, item_ids: Sequence[str]):
+        self.item_ids = list(item_ids)
+        self.index = {it: i for i, it in enumerate(self.item_ids)}
+
+    def _rank(self, scores: np.ndarray, k: int, candidates) -> list[list[str]]:
+        if candidates is None:
+            top = topk_from_scores(scores, k)                              # (n, k) item columns
+            return [[self.item_ids[j] for j in row] for row in top]
+        # gather each case's candidate scores: (n, n_cand); candidates are equal-length lists
+        cols = np.array([[self.index[c] for c in cand] for cand in candidates], dtype=np.int64)
+        cand_scores = np.take_along_axis(scores, cols, axis=1)
+        top = topk_from_scores(cand_scores, k)
+        return [[cand[j] for j in row] for cand, row in zip(candidates, top)]
+
+    def rank_rec(self, histories, k, candidates=None):
+        return self._rank(self.score_rec(histories), k, candidates)
+
+    def rank_search(self, queries, histories, k, candidates=None):
+        return self._rank(self.score_search(queries, histories), k, candidates)
+
+
+def supports(model, task: str) -> bool:
+    return callable(getattr(model, f"rank_{task}", None)) and (
+        not hasattr(model, "tasks") or task in model.tasks)
+
+
+def evaluate_model(model, data: EvalData, protocols: Sequence[str] = PROTOCOLS,
+                   batch_size: int = 256, k: int = MAX_K) -> dict:
+    """Metrics of one model on every task it supports and every protocol, plus timings.
+
+    Returns {"metrics": {"rec/full/recall@10": ..., ...}, "n_cases": {"rec": n, ...},
+             "eval_seconds": {"rec/full": s, ...}}.
+    """
+    metrics, n_cases, seconds = {}, {}, {}
+    for task in TASKS:
+        if not supports(model, task):
+            continue
+        cases = data.task_cases(task)
+        n_cases[task] = len(cases)
+        queries = [data.query_texts.get(q, "") if isinstance(q, str) else "" for q in cases["query_id"]]
+        for protocol in protocols:
+            t0 = time.perf_counter()
+            ranked: list[list[str]] = []
+            for start in tqdm(range(0, len(cases), batch_size), desc=f"{model.name} {task}/{protocol}",
+                              leave=False, disable=len(cases) <= batch_size):
+                sl = slice(start, start + batch_size)
+                hist = cases["history"].iloc[sl].tolist()
+                cand = cases["candidates"].iloc[sl].tolist() if protocol == "sampled" else None
+                if task == "rec":
+                    out = model.rank_rec(hist, k, cand)
+                else:
+                    out = model.rank_search(queries[sl], hist, k, cand)
+                if len(out) != len(hist):
+                    raise ValueError(f"{model.name}.rank_{task} returned {len(out)} lists for {len(hist)} cases")
+                ranked += [list(r) for r in out]
+            ranks = target_ranks(ranked, cases["item_id"].tolist())
+            metrics.update(metrics_from_ranks(ranks, protocol, task))
+            seconds[f"{task}/{protocol}"] = round(time.perf_counter() - t0, 2)
+            logger.info("%s %s/%s: %s (%d cases, %.1fs)", model.name, task, protocol,
+                        {m.split("/")[-1]: round(v, 4) for m, v in metrics.items()
+                         if m.startswith(f"{task}/{protocol}/")}, len(cases), seconds[f"{task}/{protocol}"])
+    return {"metrics": metrics, "n_cases": n_cases, "eval_seconds": seconds}
