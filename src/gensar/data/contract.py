@@ -27,6 +27,8 @@ queries.parquet
 """
 from __future__ import annotations
 
+import dataclasses
+
 ITEM_COLUMNS = {
     "item_id": "string",
     "title": "string",
@@ -50,3 +52,55 @@ BEHAVIORS = ("rec", "search")
 SPLITS = ("train", "valid", "test")
 
 TABLES = {"items": ITEM_COLUMNS, "interactions": INTERACTION_COLUMNS, "queries": QUERY_COLUMNS}
+
+
+class DataError(ValueError):
+    """The input cannot be turned into the canonical tables (structural problem or too many bad rows).
+
+    Messages name the file, the column or field, and a few example rows, so a user can fix the input.
+    """
+
+
+def examples(values, n: int = 3) -> str:
+    """A short, readable list of up to `n` example values for error messages."""
+    values = list(values)
+    shown = ", ".join(repr(v) for v in values[:n])
+    more = f" (and {len(values) - n} more)" if len(values) > n else ""
+    return f"[{shown}]{more}"
+
+
+@dataclasses.dataclass
+class Tables:
+    """The three canonical tables (pandas DataFrames), in memory."""
+
+    items: "pd.DataFrame"
+    interactions: "pd.DataFrame"
+    queries: "pd.DataFrame"
+    info: dict = dataclasses.field(default_factory=dict)  # how they were made (format, counts, ...)
+
+    def write(self, folder) -> None:
+        """Write `<folder>/{items,interactions,queries}.parquet` (the caller makes `folder` atomic)."""
+        from pathlib import Path
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in TABLES:
+            getattr(self, name).to_parquet(folder / f"{name}.parquet", index=False)
+
+    @classmethod
+    def read(cls, folder) -> "Tables":
+        """Read the three tables from `folder`; a missing or unreadable file is a DataError naming it."""
+        from pathlib import Path
+
+        import pandas as pd
+
+        frames = {}
+        for name in TABLES:
+            path = Path(folder) / f"{name}.parquet"
+            if not path.exists():
+                raise DataError(f"{path}: file not found (run the previous stage first)")
+            try:
+                frames[name] = pd.read_parquet(path)
+            except Exception as e:  # pyarrow raises several types for corrupt files
+                raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+        return cls(**frames)

@@ -1,0 +1,332 @@
+"""Validation of the ingested and canonical tables with Great Expectations (GX 1.x).
+
+Two kinds of problems, handled differently:
+
+structural  a missing column, a column of the wrong type, duplicate item or query ids, an
+            unreadable file. Nothing sensible can be kept: raise `DataError` naming the file,
+            the column and example values.
+row         an interaction with an unknown item, an item with empty text, a bad timestamp, an
+            unknown behavior, a search without a query, a user with too few events. These rows are
+            quarantined with a reason each; the stage fails only when their share of all rows
+            exceeds `validate.max_bad_row_share`.
+
+The GX suites are built in code and run on an ephemeral context (pandas dataframe asset, one
+whole-dataframe batch). Row expectations use pandas masks for the quarantine itself (one
+vectorised pass, a reason per row) and GX for the report. An expectation that errors inside GX
+returns success=False with `exception_info`; that is reported as an error, never as a pass.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+
+from gensar.config import ValidateConfig
+from gensar.data.contract import BEHAVIORS, SPLITS, DataError, Tables, examples
+from gensar.data.split import assign_splits
+
+logger = logging.getLogger(__name__)
+
+# the columns each table must have and the Python/numpy types GX should observe
+STRING_COLUMNS = {
+    "items": ["item_id", "title", "description", "brand", "text"],
+    "interactions": ["user_id", "item_id", "behavior", "query_id"],
+    "queries": ["query_id", "text"],
+}
+NUMBER_COLUMNS = {"interactions": {"timestamp": ["float64", "int64"], "step": ["int64"]}}
+LIST_COLUMNS = {"items": ["categories"]}
+UNIQUE_COLUMNS = {"items": "item_id", "queries": "query_id"}
+
+QUARANTINE_COLUMNS = ["table", "row", "item_id", "user_id", "step", "behavior", "reason"]
+
+
+# --------------------------------------------------------------------------------------------
+# Great Expectations plumbing
+# --------------------------------------------------------------------------------------------
+_CONTEXT = None
+
+
+def _context():
+    """One ephemeral GX context per process, progress bars off."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        _CONTEXT = gx.get_context(mode="ephemeral")
+        _CONTEXT.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return _CONTEXT
+
+
+def run_suite(df: pd.DataFrame, name: str, expectations: list) -> list[dict]:
+    """Validate `df` against `expectations`; one dict per expectation, in the order given.
+
+    Each dict: type, column, success, result (GX's), error (the exception message or None).
+    """
+    import great_expectations as gx
+
+    ctx = _context()
+    suite = gx.ExpectationSuite(name=name)
+    for e in expectations:
+        suite.add_expectation(e)
+    asset_name = f"{name}-{id(df)}"
+    source = ctx.data_sources.add_or_update_pandas(f"src-{asset_name}")
+    batch = source.add_dataframe_asset(asset_name).add_batch_definition_whole_dataframe("all") \
+        .get_batch(batch_parameters={"dataframe": df})
+    result = batch.validate(suite)
+    out = []
+    for r in result.results:
+        cfg = r.expectation_config
+        err = _exception_message(r.exception_info)
+        out.append({"type": cfg.type, "column": cfg.kwargs.get("column") or cfg.kwargs.get("column_list"),
+                    "success": bool(r.success) and err is None, "error": err,
+                    "result": _jsonable(r.result)})
+    ctx.data_sources.delete(f"src-{asset_name}")
+    return out
+
+
+def _exception_message(info) -> str | None:
+    """GX puts {raised_exception, exception_message, ...} directly or keyed by metric; find any raised one."""
+    if not isinstance(info, dict):
+        return None
+    if "raised_exception" in info:
+        return (info.get("exception_message") or "unknown error") if info["raised_exception"] else None
+    for value in info.values():
+        msg = _exception_message(value)
+        if msg:
+            return msg
+    return None
+
+
+def _jsonable(result: dict) -> dict:
+    """GX results with numpy scalars/arrays made JSON-friendly and long lists cut."""
+    def conv(v):
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple, np.ndarray)):
+            return [conv(x) for x in list(v)[:20]]
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, float) and v != v:
+            return None
+        return v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+    return conv(dict(result or {}))
+
+
+def _raise_errors(results: list[dict], where: str) -> None:
+    """An expectation that errored inside GX is a failure we cannot interpret: stop with its message."""
+    for r in results:
+        if r["error"]:
+            raise DataError(f"{where}: the check {r['type']} on column {r['column']!r} could not run: {r['error']}")
+
+
+# --------------------------------------------------------------------------------------------
+# structural checks
+# --------------------------------------------------------------------------------------------
+def check_structure(tables: Tables, files: dict[str, str]) -> dict:
+    """Columns, types and unique ids of each table; raise DataError on the first problem."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    report = {}
+    for name, df in (("items", tables.items), ("interactions", tables.interactions),
+                     ("queries", tables.queries)):
+        where = files.get(name, name)
+        required = STRING_COLUMNS[name] + list(NUMBER_COLUMNS.get(name, {})) + LIST_COLUMNS.get(name, [])
+        exists = run_suite(df, f"{name}-columns", [E.ExpectColumnToExist(column=c) for c in required])
+        _raise_errors(exists, where)
+        missing = [r["column"] for r in exists if not r["success"]]
+        if missing:
+            raise DataError(f"{where}: missing column '{missing[0]}' (required: {', '.join(required)}; "
+                            f"found: {', '.join(map(str, df.columns))})")
+        exp = [E.ExpectColumnValuesToBeInTypeList(column=c, type_list=["str"]) for c in STRING_COLUMNS[name]]
+        exp += [E.ExpectColumnValuesToBeInTypeList(column=c, type_list=t)
+                for c, t in NUMBER_COLUMNS.get(name, {}).items()]
+        if name in UNIQUE_COLUMNS:
+            exp.append(E.ExpectColumnValuesToBeUnique(column=UNIQUE_COLUMNS[name]))
+        results = run_suite(df, f"{name}-structure", exp)
+        _raise_errors(results, where)
+        for r in results:
+            if r["success"]:
+                continue
+            col, res = r["column"], r["result"]
+            if r["type"] == "expect_column_values_to_be_unique":
+                dup = df[col][df[col].duplicated()].unique()
+                raise DataError(f"{where}: duplicate ids in column '{col}': {examples(dup)} "
+                                f"({res.get('unexpected_count')} rows share an id)")
+            observed = res.get("observed_value") or f"values {examples(res.get('partial_unexpected_list', []))}"
+            want = r["type"] == "expect_column_values_to_be_in_type_list" and (
+                "text (str)" if col in STRING_COLUMNS[name] else " or ".join(NUMBER_COLUMNS[name][col]))
+            raise DataError(f"{where}: column '{col}' has the wrong type: expected {want}, found {observed}")
+        for col in LIST_COLUMNS.get(name, []):
+            bad = df[col][~df[col].map(lambda v: isinstance(v, (list, np.ndarray)))]
+            if len(bad):
+                raise DataError(f"{where}: column '{col}' must hold lists of category paths; "
+                                f"found {examples(bad.map(repr).unique())} (rows {examples(bad.index)})")
+        report[name] = results
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# row checks -> quarantine
+# --------------------------------------------------------------------------------------------
+def row_reasons(tables: Tables, cfg: ValidateConfig) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """A reason (str) or None per row of items, queries and interactions; the first reason wins."""
+    items, inter, queries = tables.items, tables.interactions, tables.queries
+
+    item_reason = pd.Series(None, index=items.index, dtype=object)
+    item_reason[items["text"].fillna("").str.strip() == ""] = "empty text"
+    item_reason[items["item_id"].fillna("").str.strip() == ""] = "empty item id"
+
+    query_reason = pd.Series(None, index=queries.index, dtype=object)
+    query_reason[queries["text"].fillna("").str.strip() == ""] = "empty query text"
+
+    good_items = set(items.loc[item_reason.isna(), "item_id"])
+    bad_items = set(items.loc[item_reason.notna(), "item_id"])
+    good_queries = set(queries.loc[query_reason.isna(), "query_id"])
+    ts = inter["timestamp"]
+    reason = pd.Series(None, index=inter.index, dtype=object)
+    # later assignments override earlier ones, so the list runs from least to most fundamental
+    checks = [
+        ("search without query", (inter["behavior"] == "search") & ~inter["query_id"].isin(good_queries)),
+        ("unknown behavior", ~inter["behavior"].isin(BEHAVIORS)),
+        ("bad timestamp", ts.isna() | (ts < cfg.min_timestamp) | (ts > cfg.max_timestamp)),
+        ("item with bad metadata (empty text)", inter["item_id"].isin(bad_items)),
+        ("unknown item", ~inter["item_id"].isin(good_items | bad_items)),
+        ("empty user id", inter["user_id"].fillna("").str.strip() == ""),
+    ]
+    for why, mask in checks:
+        reason[mask.to_numpy()] = why
+    # users left with too few clicks (steps) once the other bad rows are gone
+    ok = reason.isna()
+    n_steps = inter[ok].groupby("user_id")["step"].nunique()
+    few = set(n_steps.index[n_steps < cfg.min_user_events])
+    reason[ok & inter["user_id"].isin(few)] = f"user with fewer than {cfg.min_user_events} events"
+    return item_reason, query_reason, reason
+
+
+def _quarantine_frame(tables: Tables, item_r, query_r, inter_r) -> pd.DataFrame:
+    parts = []
+    it = tables.items[item_r.notna()]
+    parts.append(pd.DataFrame({"table": "items", "row": it.index, "item_id": it["item_id"], "user_id": None,
+                               "step": pd.NA, "behavior": None, "reason": item_r[item_r.notna()]}))
+    q = tables.queries[query_r.notna()]
+    parts.append(pd.DataFrame({"table": "queries", "row": q.index, "item_id": None, "user_id": None,
+                               "step": pd.NA, "behavior": None, "reason": query_r[query_r.notna()]}))
+    ev = tables.interactions[inter_r.notna()]
+    parts.append(pd.DataFrame({"table": "interactions", "row": ev.index, "item_id": ev["item_id"],
+                               "user_id": ev["user_id"], "step": ev["step"], "behavior": ev["behavior"],
+                               "reason": inter_r[inter_r.notna()]}))
+    out = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) \
+        else pd.DataFrame(columns=QUARANTINE_COLUMNS)
+    out = out.reindex(columns=QUARANTINE_COLUMNS)
+    out["row"] = out["row"].astype("int64")
+    out["step"] = pd.array(out["step"], dtype="Int64")
+    for c in ("table", "item_id", "user_id", "behavior", "reason"):
+        out[c] = out[c].astype(object)
+    return out
+
+
+def row_report(tables: Tables, cfg: ValidateConfig) -> list[dict]:
+    """The row expectations as GX sees them (for the report; the quarantine uses the same rules)."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    items = set(tables.items["item_id"])
+    res = run_suite(tables.interactions, "interactions-rows", [
+        E.ExpectColumnValuesToBeInSet(column="item_id", value_set=sorted(items)),
+        E.ExpectColumnValuesToBeInSet(column="behavior", value_set=list(BEHAVIORS)),
+        E.ExpectColumnValuesToNotBeNull(column="timestamp"),
+        E.ExpectColumnValuesToBeBetween(column="timestamp", min_value=cfg.min_timestamp,
+                                        max_value=cfg.max_timestamp),
+    ])
+    res += run_suite(tables.items, "items-rows", [
+        E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1)])
+    _raise_errors(res, "validation of the ingested rows")
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# canonical tables
+# --------------------------------------------------------------------------------------------
+def canonical_checks(tables: Tables) -> list[dict]:
+    """Invariants of the canonical tables; a failure is a bug of this code, reported loudly."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    inter = tables.interactions
+    res = run_suite(inter, "canonical-interactions", [
+        E.ExpectColumnValuesToBeInTypeList(column="timestamp", type_list=["int64"]),
+        E.ExpectColumnValuesToBeInTypeList(column="step", type_list=["int64"]),
+        E.ExpectColumnValuesToBeInSet(column="behavior", value_set=list(BEHAVIORS)),
+        E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+        E.ExpectColumnValuesToNotBeNull(column="split"),
+        E.ExpectColumnValuesToBeInSet(column="item_id", value_set=sorted(set(tables.items["item_id"]))),
+        E.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "step", "behavior"]),
+    ])
+    search = inter[inter["behavior"] == "search"]
+    res += run_suite(search, "canonical-search", [
+        E.ExpectColumnValuesToNotBeNull(column="query_id"),
+        E.ExpectColumnValuesToBeInSet(column="query_id", value_set=sorted(set(tables.queries["query_id"]))),
+    ])
+    res += run_suite(tables.items, "canonical-items", [
+        E.ExpectColumnValuesToBeUnique(column="item_id"),
+        E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1),
+    ])
+    res += run_suite(tables.queries, "canonical-queries", [
+        E.ExpectColumnValuesToBeUnique(column="query_id"),
+        E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1),
+    ])
+    _raise_errors(res, "canonical tables")
+    failed = [r for r in res if not r["success"]]
+    if failed:
+        r = failed[0]
+        raise DataError(f"canonical tables: {r['type']} failed on column {r['column']!r}: "
+                        f"{examples(r['result'].get('partial_unexpected_list', []))} (a bug: please report)")
+    return res
+
+
+def validate_tables(tables: Tables, cfg: ValidateConfig, files: dict[str, str] | None = None
+                    ) -> tuple[Tables, pd.DataFrame, dict]:
+    """Ingested tables -> (canonical tables with `split`, quarantined rows, JSON report).
+
+    Raises DataError on structural problems and when the share of bad rows exceeds the threshold.
+    """
+    files = files or {}
+    report = {"structure": check_structure(tables, files)}
+    report["rows"] = row_report(tables, cfg)
+    item_r, query_r, inter_r = row_reasons(tables, cfg)
+    quarantine = _quarantine_frame(tables, item_r, query_r, inter_r)
+
+    total = len(tables.items) + len(tables.interactions) + len(tables.queries)
+    share = len(quarantine) / max(total, 1)
+    top = quarantine["reason"].value_counts()
+    reasons = {str(k): int(v) for k, v in top.items()}
+    report["quarantine"] = {"rows": len(quarantine), "total_rows": total, "share": share,
+                            "threshold": cfg.max_bad_row_share, "reasons": reasons}
+    logger.info("quarantine: %d of %d rows (%.2f%%): %s", len(quarantine), total, 100 * share, reasons)
+    if share > cfg.max_bad_row_share:
+        ex = quarantine.groupby("reason").head(1)
+        sample = "; ".join(f"{r.reason}: {r.table} row {r.row} (user {r.user_id}, item {r.item_id})"
+                           for r in ex.head(5).itertuples())
+        raise DataError(
+            f"{files.get('interactions', 'input')}: {100 * share:.2f}% of rows are bad ({len(quarantine)} of "
+            f"{total}), more than validate.max_bad_row_share = {100 * cfg.max_bad_row_share:.2f}%. Top reasons: "
+            + ", ".join(f"{k} ({v})" for k, v in list(reasons.items())[:5]) + f". Examples: {sample}")
+
+    items = tables.items[item_r.isna()].reset_index(drop=True)
+    queries = tables.queries[query_r.isna()].reset_index(drop=True)
+    inter = tables.interactions[inter_r.isna()].copy()
+    # renumber the remaining steps densely per user (twins keep sharing one)
+    inter["step"] = inter.groupby("user_id")["step"].rank(method="dense").astype("int64") - 1
+    inter["timestamp"] = inter["timestamp"].astype("int64")
+    inter = inter.sort_values(["user_id", "step"], kind="stable").reset_index(drop=True)
+    inter["split"] = assign_splits(inter)
+    canonical = Tables(items=items, interactions=inter, queries=queries, info=tables.info)
+    report["canonical"] = canonical_checks(canonical)
+    report["success"] = True
+    report["validated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return canonical, quarantine, report
