@@ -1,0 +1,194 @@
+"""Multi-task training examples from the canonical tables (issue 4, item 3).
+
+Every user's events are read in time order (`step`; twin events of one click share a step). For
+each TRAIN event at step t the history is the user's TRAIN events with step < t (strictly before,
+so never the twin of the target), at most `train.history_len` of them, and the tasks are
+
+    rec     rec event     history                 -> CID of the item       (prompts.rec_input)
+    search  search event  history + its query     -> SID of the item       (prompts.search_input)
+    query   search event  history                 -> the query text        (prompts.query_input)
+    adhoc   search event  the query alone         -> SID of the item       (prompts.adhoc_input)
+    align   every item    item text -> SID, item text -> CID, SID -> title, CID -> title
+
+Validation and test events are never targets and never in a training history. Validation requests
+(model selection) and test requests (evaluation) use the events strictly before their step, of any
+split (`eval_requests`).
+
+Sampling: `train.tasks[task]` is the number of times each example of that task is drawn per epoch
+in expectation (1.0 all of them once, 0.3 a random 30%, 2.0 each twice). The draw and the prompt
+template of each example depend only on (seed, epoch), so a resumed run sees the same data.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from gensar.config import TrainConfig
+from gensar.model import prompts
+from gensar.model.prompts import IdentifierMap
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("rec", "search", "query", "adhoc", "align")
+
+
+class Event(NamedTuple):
+    """One interaction; indexable as (behavior, item_id, query) as prompts expect."""
+    behavior: str
+    item_id: str
+    query: str | None
+    step: int = -1
+    split: str = "train"
+
+
+@dataclass(frozen=True)
+class Example:
+    task: str
+    source: str      # encoder input text
+    target: str      # decoder target text
+
+
+@dataclass(frozen=True)
+class Request:
+    """An evaluation request: predict `target` (an item id) for `behavior` given `history`."""
+    user_id: str
+    behavior: str            # 'rec' or 'search'
+    history: list            # list[Event], time order, strictly before the target step
+    query: str | None        # the search query (None for rec)
+    target: str              # the clicked item id
+
+
+def user_events(interactions: pd.DataFrame, queries: pd.DataFrame) -> dict[str, list[Event]]:
+    """Each user's events in time order (step, then rec before search for twin events)."""
+    for col in ("user_id", "item_id", "step", "behavior", "query_id", "split"):
+        if col not in interactions.columns:
+            raise ValueError(f"interactions: column '{col}' missing (have {list(interactions.columns)})")
+    qtext = dict(zip(queries["query_id"].astype(str), queries["text"].astype(str)))
+    df = interactions.sort_values(["user_id", "step", "behavior"], kind="stable")
+    out: dict[str, list[Event]] = {}
+    for row in df.itertuples(index=False):
+        query = None
+        if row.behavior == "search":
+            if row.query_id is None or pd.isna(row.query_id) or str(row.query_id) not in qtext:
+                raise ValueError(f"interactions: search event of user {row.user_id!r} at step {row.step} "
+                                 f"has unknown query_id {row.query_id!r}")
+            query = qtext[str(row.query_id)]
+        out.setdefault(str(row.user_id), []).append(
+            Event(str(row.behavior), str(row.item_id), query, int(row.step), str(row.split)))
+    return out
+
+
+def history_before(events: list[Event], step: int, splits: tuple[str, ...] | None = None) -> list[Event]:
+    """Events strictly before `step` (twins of the target excluded), optionally of some splits only."""
+    return [e for e in events if e.step < step and (splits is None or e.split in splits)]
+
+
+class ExampleBuilder:
+    """Builds the per-epoch training examples; the pools are computed once."""
+
+    def __init__(self, events: dict[str, list[Event]], items: pd.DataFrame, ids: IdentifierMap,
+                 cfg: TrainConfig):
+        self.ids, self.cfg = ids, cfg
+        unknown = set(cfg.tasks) - set(TASKS)
+        if unknown:
+            raise ValueError(f"train.tasks: unknown task(s) {sorted(unknown)} (known: {', '.join(TASKS)})")
+        # pools of (task, payload) with payloads small tuples; texts are rendered per epoch
+        self.pools: dict[str, list[tuple]] = {t: [] for t in TASKS}
+        for user, evs in events.items():
+            train = [e for e in evs if e.split == "train"]
+            for e in train:
+                if e.item_id not in ids:
+                    raise ValueError(f"interactions: item {e.item_id!r} of user {user!r} has no identifier")
+                hist = [h for h in train if h.step < e.step][-cfg.history_len:] if cfg.history_len else []
+                if e.behavior == "rec":
+                    self.pools["rec"].append((hist, e))
+                else:
+                    self.pools["search"].append((hist, e))
+                    self.pools["query"].append((hist, e))
+                    self.pools["adhoc"].append((None, e))
+        texts = dict(zip(items["item_id"].astype(str), items["text"].astype(str)))
+        titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
+        for item in ids.item_ids:
+            if item in texts:
+                self.pools["align"].append((texts[item], titles[item] or texts[item], item))
+        logger.info("examples: pools %s", {t: len(p) for t, p in self.pools.items()})
+
+    def epoch_size(self) -> int:
+        return sum(self._count(t) for t in TASKS)
+
+    def _count(self, task: str) -> int:
+        w = float(self.cfg.tasks.get(task, 0.0))
+        n = len(self.pools[task]) * (4 if task == "align" else 1)
+        return int(round(w * n))
+
+    def epoch(self, epoch: int, seed: int = 0) -> list[Example]:
+        """The examples of one epoch: a seeded draw per task, a seeded template per example."""
+        rng = random.Random(seed * 1_000_003 + epoch)
+        out: list[Example] = []
+        for task in TASKS:
+            w = float(self.cfg.tasks.get(task, 0.0))
+            pool = self.pools[task]
+            if w <= 0 or not pool:
+                continue
+            whole, frac = int(math.floor(w)), w - math.floor(w)
+            chosen = list(range(len(pool))) * whole
+            chosen += rng.sample(range(len(pool)), int(round(frac * len(pool))))
+            for i in chosen:
+                out.extend(self._render(task, pool[i], rng))
+        return out
+
+    def _render(self, task: str, payload: tuple, rng: random.Random) -> list[Example]:
+        c, ids = self.cfg, self.ids
+        kw = dict(history_len=c.history_len, max_query_words=c.max_query_tokens, template=None, rng=rng)
+        if task == "rec":
+            hist, e = payload
+            return [Example(task, prompts.rec_input(hist, ids, **kw), prompts.id_target(e.item_id, "cid", ids))]
+        if task == "search":
+            hist, e = payload
+            return [Example(task, prompts.search_input(e.query, hist, ids, **kw),
+                            prompts.id_target(e.item_id, "sid", ids))]
+        if task == "query":
+            hist, e = payload
+            return [Example(task, prompts.query_input(hist, ids, **kw),
+                            prompts.text_target(e.query, c.max_query_tokens))]
+        if task == "adhoc":
+            _, e = payload
+            return [Example(task, prompts.adhoc_input(e.query, c.max_query_tokens, None, rng),
+                            prompts.id_target(e.item_id, "sid", ids))]
+        text, title, item = payload  # align: four directions per item
+        words = c.max_input_tokens // 2
+        return [
+            Example(task, prompts.text_to_id_input(text, "sid", words, None, rng), prompts.id_target(item, "sid", ids)),
+            Example(task, prompts.text_to_id_input(text, "cid", words, None, rng), prompts.id_target(item, "cid", ids)),
+            Example(task, prompts.id_to_text_input(item, "sid", ids, None, rng),
+                    prompts.text_target(title, c.max_query_tokens * 2)),
+            Example(task, prompts.id_to_text_input(item, "cid", ids, None, rng),
+                    prompts.text_target(title, c.max_query_tokens * 2)),
+        ]
+
+
+def eval_requests(events: dict[str, list[Event]], split: str = "valid", users: list[str] | None = None
+                  ) -> list[Request]:
+    """One request per `split` event of each user; its history is every event strictly before it."""
+    out = []
+    for user in (users if users is not None else sorted(events)):
+        evs = events[user]
+        for e in evs:
+            if e.split == split:
+                out.append(Request(user, e.behavior, history_before(evs, e.step), e.query, e.item_id))
+    return out
+
+
+def sample_users(events: dict[str, list[Event]], n: int, seed: int = 0, split: str = "valid") -> list[str]:
+    """`n` users (all when n <= 0) that have a `split` event, a seeded but stable choice."""
+    users = sorted(u for u, evs in events.items() if any(e.split == split for e in evs))
+    if n <= 0 or n >= len(users):
+        return users
+    idx = np.random.default_rng(seed).choice(len(users), size=n, replace=False)
+    return [users[i] for i in sorted(idx)]

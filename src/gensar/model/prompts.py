@@ -1,0 +1,223 @@
+"""Encoder inputs and decoder targets: the ONLY place where GenSAR text is formatted.
+
+A user history is a list of events in time order. An event is anything indexable as
+`(behavior, item_id, query)`: behavior `'rec'` or `'search'`, the clicked item, and the query text of a
+search event (None for a recommendation click); `gensar.model.examples.Event` is one. A bare item
+id string is accepted and read as a recommendation click (lossy: prefer full events). At most
+`history_len` most recent events are shown (paper: 5). Each event is rendered with behavior tokens:
+
+    recommendation click   ->  <rec> <h0_3><h1_7><c2_1><c3_5><d4_0>          (the item's CID)
+    search session         ->  <query> desk lamp <click> <h0_3><h1_7><s2_4><s3_2><d4_0>   (query + SID)
+
+A task word at the start and the end of every template tells the model which output space to emit
+(CID for `recommend`, SID for `search`, text for `query` / `describe`). Training draws one of several
+templates per task (`template=None` with an `rng`); inference always uses template 0, so the PyTorch
+model, the ONNX runtime and the evaluation all see exactly the same strings.
+
+Public functions (stable interface, used by training, evaluation and the ONNX runtime):
+    rec_input(history, ids)              history -> next recommended item (CID)
+    search_input(query, history, ids)    history + current query -> clicked item (SID)
+    query_input(history, ids)            history -> next query text
+    adhoc_input(query)                   query alone -> item (SID)
+    text_to_id_input(text, space)        item text -> SID ('sid') or CID ('cid')
+    id_to_text_input(item_id, space, ids)  SID/CID -> item text
+    id_target(item_id, space, ids)       target string of an identifier
+    text_target(text, max_words)         target string of a text (query or item title)
+"""
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from gensar.ids.tokens import id_tokens, vocabulary
+
+REC, QUERY, CLICK = "<rec>", "<query>", "<click>"
+BEHAVIOR_TOKENS = (REC, QUERY, CLICK)
+SPACES = ("sid", "cid")
+
+
+class IdentifierMap:
+    """item id <-> identifier tokens, read from `models/ids/{identifiers.parquet,meta.json}`.
+
+    `sid_tokens(item)` / `cid_tokens(item)` give the token strings of an item's semantic and
+    collaborative ID; `tokens()` every identifier token the map can use (tokenizer vocabulary).
+    """
+
+    def __init__(self, frame: pd.DataFrame, meta: dict):
+        for col in ("item_id", "sid", "cid"):
+            if col not in frame.columns:
+                raise ValueError(f"identifier map: column '{col}' missing (have {list(frame.columns)})")
+        for key in ("sid_kinds", "cid_kinds", "codebook_size"):
+            if key not in meta:
+                raise ValueError(f"identifier map meta: key '{key}' missing (have {sorted(meta)})")
+        self.meta = dict(meta)
+        self.sid_kinds = list(meta["sid_kinds"])
+        self.cid_kinds = list(meta["cid_kinds"])
+        self.item_ids = [str(i) for i in frame["item_id"]]
+        self._sid = {i: id_tokens(list(c), self.sid_kinds) for i, c in zip(self.item_ids, frame["sid"])}
+        self._cid = {i: id_tokens(list(c), self.cid_kinds) for i, c in zip(self.item_ids, frame["cid"])}
+        if len(self._sid) != len(self.item_ids):
+            raise ValueError("identifier map: item_id is not unique")
+
+    @classmethod
+    def load(cls, ids_dir: str | Path) -> IdentifierMap:
+        ids_dir = Path(ids_dir)
+        frame = pd.read_parquet(ids_dir / "identifiers.parquet")
+        meta = json.loads((ids_dir / "meta.json").read_text())
+        return cls(frame, meta)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __contains__(self, item_id) -> bool:
+        return item_id in self._sid
+
+    def tokens_of(self, item_id: str, space: str) -> list[str]:
+        table = self._sid if space == "sid" else self._cid
+        try:
+            return table[item_id]
+        except KeyError:
+            raise KeyError(f"item {item_id!r} has no identifier in the identifier map") from None
+
+    def sid_tokens(self, item_id: str) -> list[str]:
+        return self.tokens_of(item_id, "sid")
+
+    def cid_tokens(self, item_id: str) -> list[str]:
+        return self.tokens_of(item_id, "cid")
+
+    def tokens(self) -> list[str]:
+        """Every token either identifier space can use, in a stable order, without duplicates."""
+        dis = int(self.meta.get("disambiguation_size", 0) or 0)
+        size = int(self.meta["codebook_size"])
+        out = vocabulary(self.sid_kinds, size, dis) + vocabulary(self.cid_kinds, size, dis)
+        # codes actually used beyond the declared sizes (defensive: a map is the source of truth)
+        for table in (self._sid, self._cid):
+            for toks in table.values():
+                out += toks
+        return list(dict.fromkeys(out))
+
+
+# --------------------------------------------------------------------------------------------
+# rendering
+# --------------------------------------------------------------------------------------------
+def clip_words(text: str, max_words: int) -> str:
+    """Lowercased text with at most `max_words` whitespace words (keeps inputs short)."""
+    return " ".join(str(text).lower().split()[:max_words])
+
+
+def id_string(item_id: str, space: str, ids: IdentifierMap) -> str:
+    """Identifier tokens written without spaces: `<h0_3><h1_7><s2_4><s3_2><d4_0>`."""
+    return "".join(ids.tokens_of(item_id, space))
+
+
+def render_history(history: Sequence, ids: IdentifierMap, history_len: int = 5,
+                   max_query_words: int = 16) -> str:
+    """The `history_len` most recent events as behavior-token text (see module docstring)."""
+    parts = []
+    events = list(history)[-history_len:] if history_len > 0 else []
+    for ev in events:
+        # a bare item id (histories without behaviors) is read as a recommendation click
+        behavior, item_id, query = ("rec", ev, None) if isinstance(ev, str) else (ev[0], ev[1], ev[2])
+        if behavior == "rec":
+            parts.append(f"{REC} {id_string(item_id, 'cid', ids)}")
+        elif behavior == "search":
+            q = clip_words(query or "", max_query_words)
+            parts.append(f"{QUERY} {q} {CLICK} {id_string(item_id, 'sid', ids)}")
+        else:
+            raise ValueError(f"history event {tuple(ev)!r}: behavior must be 'rec' or 'search'")
+    return " ".join(parts) if parts else "none"
+
+
+# Several templates per task for training; template 0 is THE inference template.
+# `{h}` history, `{q}` query, `{t}` item text, `{i}` identifier string.
+TEMPLATES: dict[str, list[str]] = {
+    "rec": [
+        "recommend: history: {h} recommend:",
+        "recommend: the user interacted with {h} . what is the next item? recommend:",
+        "recommend: {h} next recommendation recommend:",
+    ],
+    "search": [
+        "search: history: {h} query: {q} search:",
+        "search: the user interacted with {h} and now searches for {q} search:",
+        "search: query: {q} history: {h} search:",
+    ],
+    "query": [
+        "query: history: {h} query:",
+        "query: the user interacted with {h} . what will the user search next? query:",
+    ],
+    "adhoc": [
+        "search: query: {q} search:",
+        "search: find an item for {q} search:",
+    ],
+    "text_to_sid": [
+        "search: item: {t} search:",
+        "search: which item is described as {t} search:",
+    ],
+    "text_to_cid": [
+        "recommend: item: {t} recommend:",
+        "recommend: which item is described as {t} recommend:",
+    ],
+    "sid_to_text": [
+        "describe: {i} describe:",
+        "describe: what is item {i} describe:",
+    ],
+    "cid_to_text": [
+        "describe: {i} describe:",
+        "describe: what is item {i} describe:",
+    ],
+}
+
+
+def _pick(task: str, template: int | None, rng: random.Random | None) -> str:
+    options = TEMPLATES[task]
+    if template is None:
+        template = rng.randrange(len(options)) if rng is not None else 0
+    return options[template % len(options)]
+
+
+def rec_input(history: Sequence, ids: IdentifierMap, history_len: int = 5, max_query_words: int = 16,
+              template: int | None = 0, rng: random.Random | None = None) -> str:
+    h = render_history(history, ids, history_len, max_query_words)
+    return _pick("rec", template, rng).format(h=h)
+
+
+def search_input(query: str, history: Sequence, ids: IdentifierMap, history_len: int = 5,
+                 max_query_words: int = 16, template: int | None = 0,
+                 rng: random.Random | None = None) -> str:
+    h = render_history(history, ids, history_len, max_query_words)
+    return _pick("search", template, rng).format(h=h, q=clip_words(query, max_query_words))
+
+
+def query_input(history: Sequence, ids: IdentifierMap, history_len: int = 5, max_query_words: int = 16,
+                template: int | None = 0, rng: random.Random | None = None) -> str:
+    h = render_history(history, ids, history_len, max_query_words)
+    return _pick("query", template, rng).format(h=h)
+
+
+def adhoc_input(query: str, max_query_words: int = 16, template: int | None = 0,
+                rng: random.Random | None = None) -> str:
+    return _pick("adhoc", template, rng).format(q=clip_words(query, max_query_words))
+
+
+def text_to_id_input(text: str, space: str, max_words: int = 48, template: int | None = 0,
+                     rng: random.Random | None = None) -> str:
+    """Alignment input: item text -> identifier of `space` ('sid' or 'cid')."""
+    return _pick(f"text_to_{space}", template, rng).format(t=clip_words(text, max_words))
+
+
+def id_to_text_input(item_id: str, space: str, ids: IdentifierMap, template: int | None = 0,
+                     rng: random.Random | None = None) -> str:
+    """Alignment input: identifier of `space` -> item text."""
+    return _pick(f"{space}_to_text", template, rng).format(i=id_string(item_id, space, ids))
+
+
+def id_target(item_id: str, space: str, ids: IdentifierMap) -> str:
+    return id_string(item_id, space, ids)
+
+
+def text_target(text: str, max_words: int = 16) -> str:
+    return clip_words(text, max_words)
