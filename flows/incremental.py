@@ -1,0 +1,102 @@
+"""Flow `incremental`: a new batch of interactions and items -> validated -> appended -> stages -> gate -> publish.
+
+    python -m flows.incremental --batch /path/to/batch_folder_or_file [--name week47]
+
+1. validate-batch: ingest + validate of snapshot + batch in a scratch directory. An invalid batch fails
+   the flow here, before any training, with the validation report as an artifact; data/, the workspace
+   and published/ are untouched.
+2. add-batch: the batch is appended to the snapshot as data/batches/<name>/ and `dvc add data`.
+3. the dvc.yaml stages, each skipped when DVC says it is up to date. Two stages run incrementally:
+   identifiers keeps every existing item's identifiers and assigns codes to new items only
+   (`--previous <copy of models/ids>`), train warm-starts from the current model (`--init <copy of
+   models/t5>`); embed only encodes texts missing from its cache.
+4. quality gate against the published model, then publish a new version.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from prefect import flow
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+
+from flows.retrain import run_stages
+from tasks.data import append_batch, validate_batch
+from tasks.release import publish, quality_gate, report
+from tasks.versioning import dvc_add
+
+# stage -> (flag, workspace folder whose previous content the flag points at)
+INCREMENTAL_FLAGS = {"identifiers": ("--previous", "models/ids"), "train": ("--init", "models/t5")}
+
+
+def _run_name() -> str:
+    params = flow_run.parameters or {}
+    name = params.get("name") or Path(str(params.get("batch", "batch"))).stem
+    return f"incremental-{name}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+
+
+def previous_outputs(repo: Path, keep: Path) -> dict[str, list[str]]:
+    """Copy the current identifiers and model aside (the stages overwrite them) -> extra stage args."""
+    extra = {}
+    for stage, (flag, folder) in INCREMENTAL_FLAGS.items():
+        src = repo / folder
+        if src.is_dir() and any(src.iterdir()):
+            dst = keep / Path(folder).name
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints"))
+            extra[stage] = [flag, str(dst)]
+    return extra
+
+
+@flow(name="incremental", flow_run_name=_run_name, log_prints=True)
+def incremental(batch: str, repo: str = ".", params: str = "params.yaml", name: str = "",
+                publish_model: bool = True, note: str = "") -> dict:
+    """Validate and append `batch` (a file or folder in the snapshot's format), retrain incrementally."""
+    log = get_run_logger()
+    repo_path = Path(repo).resolve()
+    repo = str(repo_path)
+    name = name or Path(batch).stem
+    if not (repo_path / "data").is_dir():
+        raise FileNotFoundError(f"incremental: {repo_path / 'data'} does not exist; run the retrain flow first")
+    validate_batch(repo, batch, name, params)
+    append_batch(repo, batch, name)
+    dvc_add(repo, "data")
+    keep = Path(tempfile.mkdtemp(prefix="gensar-prev-"))
+    try:
+        extra = previous_outputs(repo_path, keep)
+        log.info("incremental: warm start from %s", {k: v[1] for k, v in extra.items()} or "nothing (first run)")
+        runs = run_stages(repo, params, extra_args=extra)
+    finally:
+        shutil.rmtree(keep, ignore_errors=True)
+    report(repo, runs)
+    result = {"stages": runs, "published": None, "batch": name}
+    if publish_model:
+        gate_result = quality_gate(repo, params)
+        result["published"] = publish(repo, gate_result, "incremental", flow_run.name or "local",
+                                      note or f"batch {name}")
+    return result
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description="GenSAR incremental flow (Prefect)")
+    ap.add_argument("--batch", required=True, help="a file or folder in the snapshot's format")
+    ap.add_argument("--name", default="", help="batch name (default: the file/folder name)")
+    ap.add_argument("--repo", default=".")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--no-publish", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    out = incremental(batch=args.batch, repo=args.repo, params=args.params, name=args.name,
+                      publish_model=not args.no_publish)
+    print(json.dumps({"stages": [(r["stage"], "skipped" if r["skipped"] else f"{r['seconds']} s")
+                                 for r in out["stages"]], "published": out["published"]}, indent=1, default=str))
+    return out
+
+
+if __name__ == "__main__":
+    main()

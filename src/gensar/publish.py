@@ -1,0 +1,182 @@
+"""Quality gate and the published version: pure bookkeeping, no Prefect, no DVC, no git.
+
+The candidate model lives in the workspace (`models/onnx` + `metrics/*.json`). The published model lives
+in `published/`:
+
+    published/onnx/          a copy of models/onnx (what serving loads)
+    published/metrics/       a copy of metrics/*.json at publish time
+    published/version.json   the version record: {"version": N, "created": ..., "metrics": {...}, ...}
+
+`gate(candidate, published, cfg)` compares the metrics named in `params.yaml: gate.metrics`: the candidate
+passes when, for every metric, `candidate >= published - tolerance`. The orchestration (tasks/, flows/)
+turns a failed gate into a failed flow run and a report; DVC and git bookkeeping lives in
+`tasks/versioning.py`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gensar.config import GateConfig
+from gensar.io import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
+
+VERSION_FILE = "version.json"
+
+
+class GateError(RuntimeError):
+    """The candidate model is worse than the published one by more than the tolerance."""
+
+
+# --------------------------------------------------------------------------------------------
+# metrics
+# --------------------------------------------------------------------------------------------
+def flatten_metrics(obj: dict, prefix: str = "") -> dict[str, float]:
+    """{"rec": {"ndcg@10": 0.1}} -> {"rec/ndcg@10": 0.1}; keeps numbers only (bools dropped)."""
+    flat: dict[str, float] = {}
+    for key, value in obj.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, name))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def read_metrics(path: str | Path) -> dict[str, float]:
+    """Flattened numeric metrics of a JSON metrics file (e.g. metrics/eval.json)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"gate: metrics file {path} not found (run the evaluate stage first)")
+    try:
+        return flatten_metrics(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"gate: {path} is not valid JSON ({e})") from None
+
+
+def lookup(metrics: dict[str, float], name: str) -> float | None:
+    """Value of `name` in flattened metrics; `rec/ndcg@10` also matches a longer key ending in it
+    (e.g. `test/rec/ndcg@10` or `candidates100/rec/ndcg@10`) when exactly one such key exists."""
+    if name in metrics:
+        return metrics[name]
+    hits = [k for k in metrics if k.endswith("/" + name)]
+    if len(hits) == 1:
+        return metrics[hits[0]]
+    if len(hits) > 1:
+        raise KeyError(f"gate: metric '{name}' is ambiguous, it matches {sorted(hits)}; "
+                       "name it fully in params.yaml gate.metrics")
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# the gate
+# --------------------------------------------------------------------------------------------
+@dataclass
+class GateRow:
+    metric: str
+    candidate: float
+    published: float | None     # None: nothing published yet
+    delta: float | None         # candidate - published
+    ok: bool
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    tolerance: float
+    published_version: int | None
+    rows: list[GateRow] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[GateRow]:
+        return [r for r in self.rows if not r.ok]
+
+    def summary(self) -> str:
+        """One line a user reads in the flow's final state."""
+        if self.published_version is None:
+            return "quality gate passed: nothing published yet, the candidate becomes the first version"
+        if self.passed:
+            return (f"quality gate passed against published v{self.published_version} "
+                    f"(tolerance {self.tolerance:g})")
+        worse = "; ".join(f"{r.metric} {r.candidate:.4f} < published {r.published:.4f} - {self.tolerance:g}"
+                          for r in self.failures)
+        return (f"quality gate FAILED against published v{self.published_version}: {worse}. "
+                f"The published model v{self.published_version} stays.")
+
+    def markdown(self) -> str:
+        """The report the flow attaches as a Prefect markdown artifact."""
+        lines = [f"# Quality gate: {'PASSED' if self.passed else 'FAILED'}", "", self.summary(), "",
+                 "| metric | published | candidate | delta | ok |", "| --- | --- | --- | --- | --- |"]
+        for r in self.rows:
+            pub = "-" if r.published is None else f"{r.published:.4f}"
+            delta = "-" if r.delta is None else f"{r.delta:+.4f}"
+            lines.append(f"| {r.metric} | {pub} | {r.candidate:.4f} | {delta} | {'yes' if r.ok else 'NO'} |")
+        lines += ["", f"Rule: publish when every metric >= published - {self.tolerance:g}."]
+        return "\n".join(lines) + "\n"
+
+
+def gate(candidate: dict[str, float], published: dict[str, float] | None, cfg: GateConfig,
+         published_version: int | None = None) -> GateResult:
+    """Compare the candidate's flattened metrics with the published ones, metric by metric."""
+    if not cfg.metrics:
+        raise ValueError("params.yaml gate.metrics is empty: name at least one metric to compare")
+    rows = []
+    for name in cfg.metrics:
+        cand = lookup(candidate, name)
+        if cand is None or math.isnan(cand):
+            raise KeyError(f"gate: metric '{name}' (params.yaml gate.metrics) is missing from the candidate's "
+                           f"metrics; available: {sorted(candidate)[:20]}")
+        pub = lookup(published, name) if published is not None else None
+        if pub is None:
+            rows.append(GateRow(name, cand, None, None, True))
+            continue
+        delta = cand - pub
+        rows.append(GateRow(name, cand, pub, delta, cand >= pub - cfg.tolerance))
+    if published is None:
+        published_version = None
+    return GateResult(all(r.ok for r in rows), cfg.tolerance, published_version, rows)
+
+
+# --------------------------------------------------------------------------------------------
+# the published version
+# --------------------------------------------------------------------------------------------
+def read_version(published: str | Path = "published") -> dict | None:
+    """The version record of `published/`, or None when nothing was published yet."""
+    path = Path(published) / VERSION_FILE
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def write_published(version: int, onnx: str | Path = "models/onnx", metrics: str | Path = "metrics",
+                    out: str | Path = "published", gate_result: GateResult | None = None,
+                    extra: dict | None = None) -> dict:
+    """Replace `out` as a whole by a copy of the candidate model, its metrics and a version record."""
+    onnx, metrics, out = Path(onnx), Path(metrics), Path(out)
+    if not onnx.is_dir() or not any(onnx.iterdir()):
+        raise FileNotFoundError(f"publish: {onnx} is missing or empty (run the export stage first)")
+    all_metrics = {}
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        shutil.copytree(onnx, tmp / "onnx")
+        (tmp / "metrics").mkdir()
+        for f in sorted(metrics.glob("*.json")):
+            shutil.copy2(f, tmp / "metrics" / f.name)
+            all_metrics[f.stem] = json.loads(f.read_text())
+        record = {
+            "version": version,
+            "tag": f"model-v{version}",
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "gate": asdict(gate_result) if gate_result is not None else None,
+            "metrics": all_metrics,
+            **(extra or {}),
+        }
+        write_json(record, tmp / VERSION_FILE)
+    logger.info("publish: wrote %s (version %d)", out, version)
+    return record

@@ -1,0 +1,126 @@
+"""Tasks around the raw snapshot in `data/`: refresh it, check a new batch in a scratch copy, append it."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+from prefect.logging import get_run_logger
+
+from gensar.config import load_params
+from gensar.data.snapshot import add_batch, make_snapshot
+from gensar.io import atomic_path
+from tasks.stages import call_stage_main, stage_argv
+
+
+class InvalidBatch(ValueError):
+    """A new batch does not pass ingestion + validation; nothing was changed."""
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except Exception:
+        return logging.getLogger(__name__)
+
+
+@task(name="snapshot", retries=2, retry_delay_seconds=[5, 30], cache_policy=NONE)
+def snapshot(repo: str, params: str = "params.yaml", refresh: bool = True) -> dict:
+    """(Re)make `data/` from `data.source`, keeping incremental batches already appended to it.
+
+    The new snapshot is built beside the old one and swapped in whole. When the source did not change
+    the content is identical, `dvc add data` finds the same hash and every stage is skipped.
+    """
+    log = _logger()
+    repo = Path(repo)
+    data = repo / "data"
+    if data.exists() and not refresh:
+        log.info("snapshot: keeping %s as it is (refresh=False)", data)
+        return {"refreshed": False}
+    cfg = load_params(repo / params).data
+    source = cfg.source
+    if source != "synthetic" and not Path(source).is_absolute():
+        cfg = type(cfg)(**{**cfg.__dict__, "source": str((repo / source).resolve())})
+    with atomic_path(data) as tmp:
+        make_snapshot(cfg, tmp)
+        if (data / "batches").is_dir():
+            shutil.copytree(data / "batches", tmp / "batches")
+    n_batches = len(list((data / "batches").iterdir())) if (data / "batches").is_dir() else 0
+    log.info("snapshot: %s refreshed from %s (%d incremental batches kept)", data, source, n_batches)
+    return {"refreshed": True, "source": source, "batches": n_batches}
+
+
+@task(name="validate-batch", cache_policy=NONE, timeout_seconds=3600)
+def validate_batch(repo: str, batch: str, name: str, params: str = "params.yaml") -> dict:
+    """Ingest + validate snapshot + batch in a scratch directory; raise InvalidBatch if it fails.
+
+    Runs the same `ingest` and `validate` stage commands as dvc.yaml, from a scratch copy of the repo's
+    data, so an invalid batch leaves `data/`, the workspace and everything published untouched. The
+    validation report is attached to the flow run as a markdown artifact either way.
+    """
+    log = _logger()
+    repo, batch = Path(repo).resolve(), Path(batch).resolve()
+    if not batch.exists():
+        raise FileNotFoundError(f"incremental: batch {batch} does not exist")
+    scratch = Path(tempfile.mkdtemp(prefix="gensar-batch-"))
+    t0 = time.perf_counter()
+    try:
+        shutil.copytree(repo / "data", scratch / "data")
+        shutil.copy2(repo / params, scratch / params)
+        add_batch(batch, scratch / "data", name=name)
+        error = None
+        summaries = {}
+        for stage in ("ingest", "validate"):
+            argv = stage_argv(repo, stage) + (["--params", params] if params != "params.yaml" else [])
+            log.info("validate-batch: %s of snapshot + batch '%s' in %s", stage, name, scratch)
+            try:
+                summaries[stage] = call_stage_main(scratch, stage, argv)
+            except Exception as e:  # the stage's message names the file/field/row
+                error = f"{stage}: {type(e).__name__}: {e}"
+                break
+        report = _read_json(scratch / "reports" / "validation.json")
+        if error is None and isinstance(report, dict) and report.get("success") is False:
+            error = "validate: the validation report says success=false"
+        create_markdown_artifact(
+            _batch_markdown(batch, name, error, report, summaries), key="batch-validation",
+            description=f"validation of batch {name}")
+        if error:
+            log.error("validate-batch: batch %s is INVALID, nothing changed: %s", batch, error)
+            raise InvalidBatch(f"batch {batch} is invalid and was not added (data/ and the published "
+                               f"model are unchanged): {error}")
+        log.info("validate-batch: batch %s is valid (%.1f s)", batch, time.perf_counter() - t0)
+        return {"batch": str(batch), "name": name, "summaries": summaries}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@task(name="add-batch", retries=2, retry_delay_seconds=[2, 10], cache_policy=NONE)
+def append_batch(repo: str, batch: str, name: str) -> str:
+    target = add_batch(batch, Path(repo) / "data", name=name)
+    _logger().info("add-batch: %s appended to the snapshot as %s", batch, target)
+    return str(target)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _batch_markdown(batch, name, error, report, summaries) -> str:
+    lines = [f"# Batch `{name}`: {'INVALID' if error else 'valid'}", "", f"Source: `{batch}`", ""]
+    if error:
+        lines += ["**Rejected; data/ and the published model are unchanged.**", "", "```", error, "```", ""]
+    for stage, summary in summaries.items():
+        lines += [f"- {stage}: `{json.dumps(summary, default=str)[:800]}`"]
+    if report is not None:
+        text = json.dumps(report, indent=1, default=str)
+        lines += ["", "## Validation report", "", "```json", text[:20000], "```"]
+    return "\n".join(lines) + "\n"

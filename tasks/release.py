@@ -1,0 +1,113 @@
+"""Quality gate, publish and the monitoring artifacts of a flow run.
+
+gate      compare metrics/eval.json with published/version.json (gensar.publish.gate); a failed gate
+          attaches its report as a markdown artifact and raises, so the flow run ends Failed and
+          published/ stays as it was.
+publish   copy the candidate into published/, `dvc add published`, `dvc push`, git commit + tag.
+report    table artifacts: metrics, identifier report, data statistics, stage timings.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+from prefect.logging import get_run_logger
+
+from gensar.config import load_params
+from gensar.publish import GateError, flatten_metrics, gate, read_metrics, read_version, write_published
+from tasks.versioning import dvc_add, dvc_push, git_version, next_version
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except Exception:
+        return logging.getLogger(__name__)
+
+
+@task(name="quality-gate", cache_policy=NONE)
+def quality_gate(repo: str, params: str = "params.yaml") -> dict:
+    """Pass when every gate metric of the candidate >= published - tolerance; else raise GateError."""
+    log = _logger()
+    repo = Path(repo)
+    cfg = load_params(repo / params).gate
+    candidate = read_metrics(repo / "metrics" / "eval.json")
+    record = read_version(repo / "published")
+    published = flatten_metrics(record["metrics"].get("eval", {})) if record else None
+    result = gate(candidate, published, cfg, record["version"] if record else None)
+    create_markdown_artifact(result.markdown(), key="quality-gate", description=result.summary())
+    if not result.passed:
+        log.error("%s", result.summary())
+        raise GateError(result.summary())
+    log.info("%s", result.summary())
+    return {"passed": True, "summary": result.summary(), "result": result}
+
+
+@task(name="write-published", cache_policy=NONE, timeout_seconds=3600)
+def write_published_task(repo: str, version: int, gate_result: dict, extra: dict) -> dict:
+    repo = Path(repo)
+    return write_published(version, repo / "models" / "onnx", repo / "metrics", repo / "published",
+                           gate_result.get("result"), extra=extra)
+
+
+def publish(repo: str, gate_result: dict, flow: str, run_name: str, note: str = "") -> dict:
+    """Make the candidate the published version: copy, dvc add + push, git commit + tag model-v<N>.
+
+    A plain function calling tasks, so each step (and its retries) shows in the flow run.
+    """
+    log = _logger()
+    repo = Path(repo)
+    version = next_version(repo)
+    extra = {"flow": flow, "flow_run": run_name, "parent_commit": _head(repo), "note": note}
+    data_md5 = dvc_add(str(repo), "data") if (repo / "data").exists() else None
+    record = write_published_task(str(repo), version, gate_result, {**extra, "data_md5": data_md5})
+    published_md5 = dvc_add(str(repo), "published")
+    pushed = dvc_push(str(repo))
+    eval_metrics = flatten_metrics(record["metrics"].get("eval", {}))
+    headline = ", ".join(f"{k}={v:.4f}" for k, v in list(eval_metrics.items())[:6]) or "no eval metrics"
+    message = (f"model-v{version}: {flow} run {run_name}\n\n{gate_result.get('summary', '')}\n"
+               f"eval: {headline}\ndata md5 {data_md5}, published md5 {published_md5}\n{note}").strip()
+    commit = git_version(str(repo), version, message)
+    out = {"version": version, "tag": f"model-v{version}", "commit": commit, "pushed": pushed,
+           "published_md5": published_md5, "data_md5": data_md5}
+    create_markdown_artifact(
+        f"# Published model-v{version}\n\n- commit `{commit}`\n- tag `model-v{version}`\n"
+        f"- data md5 `{data_md5}`\n- published md5 `{published_md5}`\n"
+        f"- files pushed to the DVC remote: {pushed}\n"
+        f"- restore: `git checkout model-v{version} && dvc checkout` (or `dvc pull`)\n\n{gate_result.get('summary', '')}\n",
+        key="version", description=f"model-v{version}")
+    log.info("publish: model-v%d published (commit %s)", version, commit[:10])
+    return out
+
+
+@task(name="report", cache_policy=NONE)
+def report(repo: str, stage_runs: list[dict]) -> None:
+    """Monitoring artifacts: stage timings, metrics table, identifier report, data statistics."""
+    repo = Path(repo)
+    create_table_artifact(
+        [{"stage": s["stage"], "status": "skipped (up to date)" if s["skipped"] else "ran",
+          "seconds": s["seconds"]} for s in stage_runs], key="stages", description="stages of this run")
+    for name, key, desc in [("eval", "metrics", "evaluation metrics (metrics/eval.json)"),
+                            ("ids", "identifier-report", "identifier report (metrics/ids.json)"),
+                            ("data", "data-statistics", "dataset statistics (metrics/data.json)"),
+                            ("train", "training", "training metrics (metrics/train.json)")]:
+        path = repo / "metrics" / f"{name}.json"
+        if not path.exists():
+            continue
+        flat = flatten_metrics(json.loads(path.read_text()))
+        if flat:
+            create_table_artifact([{"metric": k, "value": round(v, 6)} for k, v in flat.items()],
+                                  key=key, description=desc)
+
+
+def _head(repo: Path) -> str | None:
+    from tasks.versioning import git
+
+    try:
+        return git(repo, "rev-parse", "HEAD")
+    except RuntimeError:
+        return None

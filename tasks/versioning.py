@@ -1,0 +1,105 @@
+"""DVC and git bookkeeping of a version: `dvc add`, `dvc push`, a git commit + tag, and restoring one.
+
+A published version is a git commit tagged `model-v<N>` holding `dvc.lock` (hashes of every stage's
+outputs: canonical data, embeddings, identifiers, checkpoint, ONNX export), `data.dvc` (the raw snapshot),
+`published.dvc` (the published model + its metrics) and `metrics/*.json`; the files themselves are in the
+DVC cache and pushed to the DVC remote. `git checkout model-v<N> && dvc checkout` (or `dvc pull` on
+another machine) restores exactly that version.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+from pathlib import Path
+
+from prefect import task
+from prefect.logging import get_run_logger
+
+from tasks.stages import dvc_repo
+
+TAG_PREFIX = "model-v"
+# what a version commit records (paths that do not exist are left out)
+VERSION_FILES = ["dvc.lock", "data.dvc", "published.dvc", "metrics", "params.yaml", "dvc.yaml", ".gitignore"]
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except Exception:
+        return logging.getLogger(__name__)
+
+
+def git(repo: str | Path, *args: str, check: bool = True) -> str:
+    """Run git in `repo`; raise with git's own message on failure."""
+    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} (in {repo}) failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout.strip()
+
+
+def _git_identity(repo) -> list[str]:
+    """`-c user.name/email` for machines where git has no identity (scheduled workers)."""
+    if git(repo, "config", "user.email", check=False):
+        return []
+    return ["-c", "user.name=gensar-flow", "-c", "user.email=gensar-flow@localhost"]
+
+
+def version_tags(repo: str | Path) -> list[int]:
+    """Version numbers N of the existing `model-v<N>` tags, ascending."""
+    out = git(repo, "tag", "--list", f"{TAG_PREFIX}*")
+    return sorted(int(m.group(1)) for t in out.splitlines() if (m := re.fullmatch(rf"{TAG_PREFIX}(\d+)", t)))
+
+
+def next_version(repo: str | Path) -> int:
+    tags = version_tags(repo)
+    return (tags[-1] + 1) if tags else 1
+
+
+def dvc_add_path(repo: str | Path, path: str) -> str:
+    """`dvc add <path>`: hash it into the cache and write <path>.dvc; returns the new md5."""
+    with dvc_repo(repo) as r:
+        stages = r.add([path])
+    md5 = stages[0].outs[0].hash_info.value
+    _logger().info("dvc add %s: %s", path, md5)
+    return md5
+
+
+def dvc_push_all(repo: str | Path) -> int:
+    """`dvc push` to the default remote; returns the number of files transferred."""
+    with dvc_repo(repo) as r:
+        n = r.push()
+    _logger().info("dvc push: %s files transferred to the remote", n)
+    return n
+
+
+def git_commit_version(repo: str | Path, version: int, message: str) -> str:
+    """Commit the version files and tag the commit `model-v<version>`; returns the commit hash."""
+    repo = Path(repo)
+    paths = [p for p in VERSION_FILES if (repo / p).exists()]
+    git(repo, "add", "--", *paths)
+    if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo).returncode == 0:
+        _logger().info("git: nothing changed in %s, tagging HEAD", ", ".join(paths))
+    else:
+        git(repo, *_git_identity(repo), "commit", "-q", "-m", message, "--", *paths)
+    tag = f"{TAG_PREFIX}{version}"
+    git(repo, *_git_identity(repo), "tag", "-a", tag, "-m", message.splitlines()[0])
+    commit = git(repo, "rev-parse", "HEAD")
+    _logger().info("git: committed %s and tagged it %s", commit[:10], tag)
+    return commit
+
+
+def restore_version(repo: str | Path, rev: str, pull: bool = False) -> None:
+    """Check out `rev` (a tag like model-v1) in git and its data/models with `dvc checkout` (or pull)."""
+    git(repo, "checkout", "-q", rev)
+    with dvc_repo(repo) as r:
+        if pull:
+            r.pull(force=True)
+        else:
+            r.checkout(force=True)
+
+
+# I/O against the remote and the cache can fail transiently: retry with backoff.
+dvc_add = task(dvc_add_path, name="dvc-add", retries=2, retry_delay_seconds=[2, 10])
+dvc_push = task(dvc_push_all, name="dvc-push", retries=3, retry_delay_seconds=[5, 30, 120])
+git_version = task(git_commit_version, name="git-commit-tag")

@@ -1,0 +1,125 @@
+"""Helpers of the orchestration tests and benchmark: tiny real datasets and throw-away repo copies.
+
+Tests never commit into the real checkout: `make_repo` copies the pipeline definition (dvc.yaml,
+params.yaml, src/ for the dependency hashes) into a fresh git + DVC repository with its own local
+remote, next to the test's temporary files.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFICE = Path("/work/shared/data/office") if Path("/work/shared/data/office").exists() \
+    else ROOT.parent / "shared" / "data" / "office"
+
+# Small but real: every stage runs in seconds on 2 CPU cores.
+TINY = {
+    "collab": {"hidden": 16, "layers": 1, "max_len": 10, "epochs": 2, "patience": 1, "batch_size": 64,
+               "device": "cpu"},
+    "ids": {"codebook_size": 16, "shared_dim": 8, "specific_dim": 8, "hidden": [32], "epochs": 5,
+            "batch_size": 256, "sinkhorn_iters": 10, "device": "cpu"},
+    "embed": {"device": "cpu"},
+    "model": {"size": "custom", "d_model": 32, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1,
+              "num_heads": 2, "d_kv": 16, "vocab_size": 500},
+    "train": {"epochs": 1, "batch_size": 64, "eval_users": 10, "eval_beams": 4, "device": "cpu",
+              "precision": "fp32"},
+    "evaluate": {"n_candidates": 20, "beams": 4, "max_users": 20},
+}
+
+
+def shared_subset(src: Path, out: Path, n_users: int, seed: int = 0, name: str | None = None) -> Path:
+    """The first `n_users` users (in file order) of a shared-format dataset, with their items."""
+    name = name or src.name
+    inter = json.loads((src / f"{src.name}.inter.json").read_text())
+    items = json.loads((src / f"{src.name}.item.json").read_text())
+    users = list(inter)[:n_users]
+    sub = {u: inter[u] for u in users}
+    used = {str(i) for seq in sub.values() for i in seq}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.inter.json").write_text(json.dumps(sub))
+    (out / f"{name}.item.json").write_text(json.dumps({i: items[i] for i in items if i in used}))
+    return out
+
+
+def split_batch(src: Path, base: Path, batch: Path, frac: float = 0.05, seed: int = 0) -> tuple[Path, Path]:
+    """Split a shared-format dataset by users: `1 - frac` of them form the base snapshot, the rest a
+    new batch (their interactions, and the items nobody in the base has seen)."""
+    name = src.name if (src / f"{src.name}.inter.json").exists() else \
+        next(src.glob("*.inter.json")).name[: -len(".inter.json")]
+    inter = json.loads((src / f"{name}.inter.json").read_text())
+    items = json.loads((src / f"{name}.item.json").read_text())
+    users = list(inter)
+    rng = random.Random(seed)
+    new = set(rng.sample(users, max(1, round(frac * len(users)))))
+    base_inter = {u: s for u, s in inter.items() if u not in new}
+    batch_inter = {u: s for u, s in inter.items() if u in new}
+    base_items = {str(i) for s in base_inter.values() for i in s}
+    batch_items = {str(i) for s in batch_inter.values() for i in s} - base_items
+    for folder, part, keep in [(base, base_inter, base_items), (batch, batch_inter, batch_items)]:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.inter.json").write_text(json.dumps(part))
+        (folder / f"{name}.item.json").write_text(json.dumps({i: items[i] for i in items if i in keep}))
+    return base, batch
+
+
+def deep_update(d: dict, u: dict) -> dict:
+    for k, v in u.items():
+        d[k] = deep_update(dict(d.get(k) or {}), v) if isinstance(v, dict) else v
+    return d
+
+
+def make_repo(root: Path, source: Path | str, overrides: dict | None = None,
+              stages: list[str] | None = None) -> Path:
+    """A fresh git + DVC copy of the pipeline in `root/repo` with its remote in `root/remote`.
+
+    `source` becomes data.source; `overrides` are merged into params.yaml; `stages` keeps only those
+    dvc.yaml stages (default: all).
+    """
+    repo = root / "repo"
+    repo.mkdir(parents=True)
+    shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in (".gitignore", ".dvcignore"):
+        if (ROOT / name).exists():
+            shutil.copy2(ROOT / name, repo / name)
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    if stages is not None:
+        pipeline["stages"] = {k: v for k, v in pipeline["stages"].items() if k in stages}
+        pipeline.pop("artifacts", None)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = deep_update(params, {"data": {"source": str(source)}, **(overrides or {})})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "metrics").mkdir()
+    (repo / "metrics" / ".gitkeep").write_text("")
+    run(["git", "init", "-q", "-b", "main"], repo)
+    run(["git", "config", "user.email", "test@localhost"], repo)
+    run(["git", "config", "user.name", "gensar-test"], repo)
+    dvc = str(Path(ROOT / ".venv" / "bin" / "dvc"))
+    run([dvc, "init", "-q"], repo)
+    run([dvc, "config", "core.analytics", "false"], repo)
+    run([dvc, "config", "core.check_update", "false"], repo)
+    run([dvc, "remote", "add", "-d", "local", str(root / "remote")], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "pipeline"], repo)
+    return repo
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed in {cwd}: {proc.stderr or proc.stdout}")
+    return proc.stdout
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """relative path -> md5 of every file under `folder` (what a restore must reproduce)."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
