@@ -1,0 +1,67 @@
+"""The quality gate and the published version record (gensar.publish: no Prefect, no DVC)."""
+import json
+
+import pytest
+
+from gensar.config import GateConfig, load_params
+from gensar.publish import flatten_metrics, gate, lookup, read_version, write_published
+
+CFG = GateConfig(metrics=("rec/ndcg@10", "search/ndcg@10"), tolerance=0.01)
+
+
+def test_flatten_nested_metrics_keeps_numbers_only():
+    flat = flatten_metrics({"rec": {"ndcg@10": 0.2, "n": 5, "ok": True}, "note": "x", "search": {"ndcg@10": 0.1}})
+    assert flat == {"rec/ndcg@10": 0.2, "rec/n": 5.0, "search/ndcg@10": 0.1}
+
+
+def test_first_candidate_passes_without_a_published_model():
+    result = gate({"rec/ndcg@10": 0.01, "search/ndcg@10": 0.02}, None, CFG)
+    assert result.passed and result.published_version is None
+    assert "first version" in result.summary()
+
+
+def test_drop_within_tolerance_passes_and_beyond_fails():
+    published = {"rec/ndcg@10": 0.30, "search/ndcg@10": 0.20}
+    ok = gate({"rec/ndcg@10": 0.295, "search/ndcg@10": 0.25}, published, CFG, 3)
+    assert ok.passed
+    bad = gate({"rec/ndcg@10": 0.28, "search/ndcg@10": 0.25}, published, CFG, 3)
+    assert not bad.passed
+    assert [r.metric for r in bad.failures] == ["rec/ndcg@10"]
+    text = bad.summary()
+    assert "FAILED" in text and "rec/ndcg@10 0.2800 < published 0.3000" in text and "v3 stays" in text
+    md = bad.markdown()
+    assert "| rec/ndcg@10 | 0.3000 | 0.2800 | -0.0200 | NO |" in md
+
+
+def test_metric_is_found_under_a_protocol_prefix_and_missing_metric_is_an_error():
+    metrics = flatten_metrics({"sampled": {"rec": {"ndcg@10": 0.4}}, "full": {"search": {"ndcg@10": 0.1}}})
+    assert lookup(metrics, "rec/ndcg@10") == 0.4
+    with pytest.raises(KeyError, match="search/recall@10"):
+        gate(metrics, None, GateConfig(metrics=("search/recall@10",)))
+    two = flatten_metrics({"a": {"rec": {"ndcg@10": 0.4}}, "b": {"rec": {"ndcg@10": 0.1}}})
+    with pytest.raises(KeyError, match="ambiguous"):
+        lookup(two, "rec/ndcg@10")
+
+
+def test_write_published_copies_model_and_metrics(tmp_path):
+    onnx, metrics = tmp_path / "models" / "onnx", tmp_path / "metrics"
+    onnx.mkdir(parents=True)
+    metrics.mkdir()
+    (onnx / "encoder.onnx").write_bytes(b"enc")
+    (metrics / "eval.json").write_text(json.dumps({"rec": {"ndcg@10": 0.3}}))
+    assert read_version(tmp_path / "published") is None
+    record = write_published(1, onnx, metrics, tmp_path / "published", gate({"rec/ndcg@10": 0.3}, None,
+                                                                             GateConfig(metrics=("rec/ndcg@10",))))
+    assert (tmp_path / "published" / "onnx" / "encoder.onnx").read_bytes() == b"enc"
+    assert read_version(tmp_path / "published") == json.loads(json.dumps(record))
+    assert record["version"] == 1 and record["tag"] == "model-v1"
+    assert record["metrics"]["eval"] == {"rec": {"ndcg@10": 0.3}}
+    with pytest.raises(FileNotFoundError, match="export"):
+        write_published(2, tmp_path / "missing", metrics, tmp_path / "published")
+    assert read_version(tmp_path / "published")["version"] == 1  # a failed publish keeps the old one
+
+
+def test_gate_section_of_params_yaml_is_typed(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("gate:\n  metrics: [rec/ndcg@10]\n  tolerance: 0.02\n")
+    assert load_params(p).gate == GateConfig(metrics=("rec/ndcg@10",), tolerance=0.02)
