@@ -147,10 +147,14 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    n_candidates: int = 100
-    beams: int = 30
-    seed: int = 0
-    max_users: int = 0            # 0 = all test users
+    n_candidates: int = 100       # sampled protocol: target + n_candidates-1 negatives
+    beams: int = 30               # GenSAR beam width (>= 10: metrics go to @10)
+    seed: int = 0                 # candidate sampling and user subsampling
+    max_users: int = 0            # 0 = all test users; else a seeded sample (same users for both tasks)
+    split: str = "test"           # valid | test
+    batch_size: int = 256         # cases per model call
+    baselines: tuple[str, ...] = ("popularity", "bm25", "dense", "sasrec")
+    device: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from gensar.eval.bm25 import BM25
+from gensar.io import write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -129,3 +130,47 @@ def make_candidates(interactions: pd.DataFrame, items: pd.DataFrame, queries: pd
             logger.info("candidates: %s/%s %d cases x %d candidates", split, behavior, len(cases), n)
             frames.append(cases)
     return pd.concat(frames, ignore_index=True)[CASE_COLUMNS + ["candidates"]]
+
+
+def fingerprint(interactions: pd.DataFrame, items: pd.DataFrame, n: int, seed: int) -> str:
+    """Hash of what the candidate lists depend on: the events with their splits, the items, n, seed."""
+    import hashlib
+
+    h = hashlib.sha1(f"{n}|{seed}|".encode())
+    cols = [c for c in ("user_id", "item_id", "step", "behavior", "query_id", "split") if c in interactions]
+    h.update(pd.util.hash_pandas_object(interactions[cols].astype(str), index=False).to_numpy().tobytes())
+    h.update(pd.util.hash_pandas_object(items[["item_id", "text"]].astype(str), index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def ensure_candidates(interactions: pd.DataFrame, items: pd.DataFrame, queries: pd.DataFrame,
+                      out_dir, n: int = 100, seed: int = 0) -> pd.DataFrame:
+    """Load `out_dir/candidates.parquet` if it was built from these tables, else build and save it.
+
+    Writes candidates.parquet (valid and test cases of both tasks) and meta.json (n, seed,
+    fingerprint, counts). Rebuilding with the same tables and seed gives the same lists.
+    """
+    import json
+    from pathlib import Path
+
+    from gensar.io import write_json
+
+    out_dir = Path(out_dir)
+    fp = fingerprint(interactions, items, n, seed)
+    meta_path, path = out_dir / "meta.json", out_dir / "candidates.parquet"
+    if meta_path.exists() and path.exists() and json.loads(meta_path.read_text()).get("fingerprint") == fp:
+        logger.info("candidates: reusing %s (fingerprint %s)", path, fp[:12])
+        cands = pd.read_parquet(path)
+        cands["history"] = cands["history"].map(list)
+        cands["candidates"] = cands["candidates"].map(list)
+        return cands
+    cands = make_candidates(interactions, items, queries, n=n, seed=seed)
+    write_parquet(cands, path)
+    counts = cands.groupby(["split", "behavior"]).size()
+    write_json({"n_candidates": n, "seed": seed, "fingerprint": fp,
+                "cases": {f"{s}/{b}": int(c) for (s, b), c in counts.items()},
+                "protocol": {"rec": "target + random items the user never interacted with",
+                             "search": "target + top BM25 items for the query (target excluded)"}},
+               meta_path)
+    logger.info("candidates: wrote %s (%d cases)", path, len(cands))
+    return cands

@@ -1,0 +1,115 @@
+"""Stage `evaluate`: GenSAR and the baselines on the held-out split, both protocols, one metrics file.
+
+    python -m gensar.stages.evaluate --canonical prepared/canonical --model models/t5 --ids models/ids \
+        --sasrec models/sasrec --candidates prepared/candidates --out metrics/eval.json
+
+Candidate lists (the sampled protocol) are built once per dataset and seed and saved under
+`--candidates`; every model is scored on the same lists. `metrics/eval.json` holds numbers only,
+`{model: {"rec/sampled/hr@10": ..., "rec/full/recall@10": ..., ...}}`, so `dvc metrics diff` compares
+runs metric by metric.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from gensar.config import Params, load_params
+from gensar.eval.baselines import GenSARRanker, build_baselines
+from gensar.eval.candidates import ensure_candidates
+from gensar.eval.evaluate import EvalData, evaluate_model
+from gensar.io import write_json
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_gensar(model_dir: str | Path, ids_dir: str | Path, beams: int, device: str):
+    """The trained GenSAR model of `model_dir`, or None when there is none (logged)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "gensar.json").exists():
+        logger.warning("evaluate: no trained GenSAR model in %s (gensar.json missing); baselines only", model_dir)
+        return None
+    from gensar.model.generate import GenSARModel
+
+    return GenSARModel.load(model_dir, ids_dir, device=device, beams=beams)
+
+
+def run(params: Params, canonical: str | Path = "prepared/canonical", model: str | Path = "models/t5",
+        ids: str | Path = "models/ids", sasrec: str | Path = "models/sasrec",
+        candidates: str | Path = "prepared/candidates", out: str | Path = "metrics/eval.json",
+        embeddings: str | Path = "models/embeddings", models: list | None = None,
+        report: str | Path | None = None) -> dict:
+    """Evaluate GenSAR (when `model` holds one) and `evaluate.baselines`; write `out`.
+
+    models: extra rankers to evaluate beside them (the benchmark passes its variants this way).
+    report: optional JSON with case counts and evaluation seconds per model.
+    """
+    cfg = params.evaluate
+    canonical = Path(canonical)
+    items = pd.read_parquet(canonical / "items.parquet")
+    inter = pd.read_parquet(canonical / "interactions.parquet")
+    queries = pd.read_parquet(canonical / "queries.parquet")
+    cands = ensure_candidates(inter, items, queries, candidates, n=cfg.n_candidates, seed=cfg.seed)
+
+    cases = cands[cands["split"] == cfg.split].reset_index(drop=True)
+    if cfg.max_users and cases["user_id"].nunique() > cfg.max_users:
+        import numpy as np
+
+        users = np.sort(cases["user_id"].unique())
+        keep = set(np.random.default_rng(cfg.seed).choice(users, size=cfg.max_users, replace=False))
+        cases = cases[cases["user_id"].isin(keep)].reset_index(drop=True)
+    data = EvalData(items["item_id"].tolist(), items["text"].tolist(),
+                    dict(zip(queries["query_id"], queries["text"])), cases)
+
+    device = resolve_device(cfg.device)
+    rankers = list(models or [])
+    gensar = load_gensar(model, ids, cfg.beams, device) if model else None
+    if gensar is not None:
+        rankers.insert(0, GenSARRanker(gensar, "gensar"))
+    rankers += build_baselines(cfg.baselines, data.item_ids, data.item_texts, inter, sasrec=str(sasrec),
+                               embeddings=str(embeddings), encoder_model=params.embed.model, device=device)
+
+    metrics, details = {}, {}
+    for ranker in rankers:
+        res = evaluate_model(ranker, data, batch_size=cfg.batch_size)
+        metrics[ranker.name] = res["metrics"]
+        details[ranker.name] = {"n_cases": res["n_cases"], "eval_seconds": res["eval_seconds"]}
+    write_json(metrics, out)
+    if report:
+        write_json({"split": cfg.split, "max_users": cfg.max_users, "models": details}, report)
+    logger.info("evaluate: wrote %s (%d models, split %s, %d cases)", out, len(metrics), cfg.split, len(cases))
+    return {"out": str(out), "metrics": metrics, "details": details, "n_cases": len(cases)}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--canonical", default="prepared/canonical")
+    ap.add_argument("--model", default="models/t5")
+    ap.add_argument("--ids", default="models/ids")
+    ap.add_argument("--sasrec", default="models/sasrec")
+    ap.add_argument("--embeddings", default="models/embeddings")
+    ap.add_argument("--candidates", default="prepared/candidates")
+    ap.add_argument("--out", default="metrics/eval.json")
+    ap.add_argument("--report", default=None, help="optional JSON with case counts and timings")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    summary = run(load_params(args.params), canonical=args.canonical, model=args.model, ids=args.ids,
+                  sasrec=args.sasrec, candidates=args.candidates, out=args.out,
+                  embeddings=args.embeddings, report=args.report)
+    for name, m in summary["metrics"].items():
+        print(name, {k: round(v, 4) for k, v in m.items()})
+
+
+if __name__ == "__main__":
+    main()
