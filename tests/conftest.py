@@ -60,3 +60,7 @@ def write_lines(path, lines: list[str]):
     else:
         path.write_text(data)
     return path
+
+
+# one valid Amazon 2014 metadata line (a Python dict literal, as in the real dumps)
+AMAZON_META_OK = [str({"asin": "x", "title": "X", "categories": [["Toys", "Games"]]})]

@@ -24,6 +24,7 @@ import gzip
 import json
 import logging
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +170,7 @@ def _read_lines(path: Path, keep=None):
                 line = line.strip()
                 if line and (keep is None or keep(line)):
                     yield lineno, _parse_line(line, path, lineno)
-    except (OSError, EOFError, UnicodeDecodeError) as e:  # gzip.BadGzipFile is an OSError
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read the file ({type(e).__name__}: {e})") from None
 
 

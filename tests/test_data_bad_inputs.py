@@ -1,0 +1,178 @@
+"""Bad inputs and the message a user sees for each (structural errors stop; bad rows are quarantined)."""
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import AMAZON_META_OK, small_log, write_lines, write_log, write_shared
+from gensar.config import DataConfig, QueriesConfig, ValidateConfig
+from gensar.data.contract import DataError
+from gensar.data.sources import read_source
+from gensar.stages import ingest, validate
+
+D, Q = DataConfig(k_core=1), QueriesConfig()
+
+
+def _read(folder):
+    return read_source(folder, D, Q)
+
+
+# ------------------------------------------------------------------ structural: the stage stops
+def test_missing_column_names_file_and_column(tmp_path):
+    inter, items = small_log()
+    folder = write_log(tmp_path / "l", inter, items)
+    pd.read_csv(folder / "interactions.csv").drop(columns="query").to_csv(folder / "interactions.csv", index=False)
+    with pytest.raises(DataError, match=r"interactions\.csv: missing column 'query' \(required: user, item"):
+        _read(folder)
+
+
+def test_unparsable_json_names_file(tmp_path):
+    folder = write_shared(tmp_path / "s", "toy", {"u": [0]}, {"0": {"title": "A"}})
+    (folder / "toy.inter.json").write_text('{"u": [0, 1')  # truncated download
+    with pytest.raises(DataError, match=r"toy\.inter\.json: not valid JSON"):
+        _read(folder)
+
+
+def test_duplicate_item_ids_names_the_ids(tmp_path):
+    inter, items = small_log()
+    items.append(dict(items[1], title="again"))
+    with pytest.raises(DataError, match=r"items\.csv: duplicate item ids in column 'item_id': \['i1'\]"):
+        _read(write_log(tmp_path / "l", inter, items))
+
+
+def test_timestamp_of_wrong_type(tmp_path):
+    inter, items = small_log()
+    inter = [(u, i, "soon", b, q) for u, i, _, b, q in inter]
+    with pytest.raises(DataError, match=r"column 'timestamp' has the wrong type: .*e\.g\. \['soon'\]"):
+        _read(write_log(tmp_path / "l", inter, items))
+
+
+def test_meta_line_with_code_is_refused_not_evaluated(tmp_path):
+    folder = tmp_path / "a"
+    write_lines(folder / "reviews_Toys_5.json.gz",
+                [json.dumps({"reviewerID": "A", "asin": "x", "unixReviewTime": 1})])
+    evil = "__import__('os').system('touch %s')" % (tmp_path / "pwned")
+    write_lines(folder / "meta_Toys.json.gz", AMAZON_META_OK + [evil])
+    with pytest.raises(DataError, match=r"meta_Toys\.json\.gz: line 2 is neither JSON nor a Python dict literal"):
+        _read(folder)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_corrupt_gzip(tmp_path):
+    folder = tmp_path / "a"
+    folder.mkdir()
+    (folder / "reviews_Toys_5.json.gz").write_bytes(b"\x1f\x8b\x08\x00garbage" * 10)
+    write_lines(folder / "meta_Toys.json.gz", AMAZON_META_OK)
+    with pytest.raises(DataError, match=r"reviews_Toys_5\.json\.gz: cannot read the file"):
+        _read(folder)
+
+
+def test_review_without_time_names_line_and_field(tmp_path):
+    folder = tmp_path / "a"
+    write_lines(folder / "reviews_Toys_5.json.gz", [json.dumps({"reviewerID": "A", "asin": "x"})])
+    write_lines(folder / "meta_Toys.json.gz", AMAZON_META_OK)
+    with pytest.raises(DataError, match=r"line 1 lacks field 'unixReviewTime'"):
+        _read(folder)
+
+
+def test_unknown_folder_layout(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("hi")
+    with pytest.raises(DataError, match=r"no known input format.*found \['notes\.txt'\]"):
+        _read(tmp_path / "x")
+    with pytest.raises(DataError, match=r"snapshot folder not found"):
+        _read(tmp_path / "missing")
+
+
+def test_categories_of_wrong_type_name_the_item(tmp_path):
+    folder = write_shared(tmp_path / "s", "toy", {"u": ["7"]}, {"7": {"title": "A", "categories": "Office"}})
+    with pytest.raises(DataError, match=r"toy\.item\.json: field 'categories' of item '7' must be a list"):
+        _read(folder)
+
+
+def test_bad_queries_mode(tmp_path):
+    folder = write_shared(tmp_path / "s", "toy", {"u": ["7"]}, {"7": {"title": "A", "categories": [["A", "B"]]}})
+    with pytest.raises(DataError, match=r"queries\.mode must be 'paper' or 'split', got 'both'"):
+        read_source(folder, D, QueriesConfig(mode="both"))
+
+
+# ------------------------------------------------------------ structural, at the validate stage
+def _ingested(tmp_path, params):
+    inter, items = small_log()
+    ingest.run(params, write_log(tmp_path / "l", inter, items), out=tmp_path / "ing", report=tmp_path / "r.json")
+    return tmp_path / "ing"
+
+
+def _validate(params, ing, tmp_path):
+    return validate.run(params, ing, out=tmp_path / "can", quarantine=tmp_path / "q.parquet",
+                        report=tmp_path / "v.json", stats=tmp_path / "s.json")
+
+
+def test_ingested_table_with_wrong_column_type(tmp_path, params):
+    ing = _ingested(tmp_path, params)
+    df = pd.read_parquet(ing / "interactions.parquet")
+    df["timestamp"] = df["timestamp"].astype(str)
+    df.to_parquet(ing / "interactions.parquet")
+    with pytest.raises(DataError, match=r"interactions\.parquet: column 'timestamp' has the wrong type: "
+                                        r"expected float64 or int64, found values \['1600000000\.0'"):
+        _validate(params, ing, tmp_path)
+
+
+def test_ingested_table_missing_column_or_unreadable(tmp_path, params):
+    ing = _ingested(tmp_path, params)
+    pd.read_parquet(ing / "items.parquet").drop(columns="text").to_parquet(ing / "items.parquet")
+    with pytest.raises(DataError, match=r"items\.parquet: missing column 'text'"):
+        _validate(params, ing, tmp_path)
+    (ing / "queries.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataError, match=r"queries\.parquet: not a readable Parquet file"):
+        _validate(params, ing, tmp_path)
+
+
+# ------------------------------------------------------------------- row problems: quarantined
+def _log_with_bad_rows(tmp_path):
+    inter, items = small_log(n_users=8, n_items=5, events=6)
+    items.append({"item_id": "blank", "title": " <br> ", "description": "", "brand": "", "categories": ""})
+    inter += [
+        ("u0", "ghost", 1_600_000_900, "rec", ""),            # unknown item
+        ("u1", "blank", 1_600_000_900, "rec", ""),            # item with empty text
+        ("u2", "i1", "not a time", "rec", ""),                # unparsable timestamp
+        ("u3", "i1", -5, "rec", ""),                          # timestamp before validate.min_timestamp
+        ("u4", "i1", 1_600_000_900, "purchase", ""),          # unknown behavior
+        ("u5", "i1", 1_600_000_900, "search", "   "),         # search without a query
+        ("lonely", "i1", 1_600_000_900, "rec", ""),           # user with too few events
+    ]
+    return write_log(tmp_path / "bad", inter, items)
+
+
+EXPECTED_REASONS = {"unknown item", "item with bad metadata (empty text)", "bad timestamp",
+                    "unknown behavior", "search without query", "user with fewer than 3 events", "empty text"}
+
+
+def test_bad_rows_are_quarantined_with_reasons(tmp_path, params):
+    params = dataclasses.replace(params, validate=ValidateConfig(max_bad_row_share=0.2))
+    ingest.run(params, _log_with_bad_rows(tmp_path), out=tmp_path / "ing", report=tmp_path / "r.json")
+    stats = _validate(params, tmp_path / "ing", tmp_path)
+    q = pd.read_parquet(tmp_path / "q.parquet")
+    assert set(q.reason) == EXPECTED_REASONS
+    assert stats["quarantined_rows"] == 8 and q.reason.value_counts()["bad timestamp"] == 2
+    assert set(q[q.reason == "bad timestamp"].user_id) == {"u2", "u3"}
+    assert q[q.reason == "unknown item"].item_id.tolist() == ["ghost"]
+    assert q[q.reason == "empty text"][["table", "item_id"]].values.tolist() == [["items", "blank"]]
+    can = pd.read_parquet(tmp_path / "can" / "interactions.parquet")
+    assert len(can) == 8 * 6 and can.timestamp.dtype == "int64"
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["success"] and report["quarantine"]["rows"] == 8
+    failed = {r["type"] for r in report["rows"] if not r["success"]}
+    assert "expect_column_values_to_be_in_set" in failed  # GX saw the unknown item and behavior
+
+
+def test_too_many_bad_rows_fail_with_share_threshold_and_reasons(tmp_path, params):
+    params = dataclasses.replace(params, validate=ValidateConfig(max_bad_row_share=0.05))
+    ingest.run(params, _log_with_bad_rows(tmp_path), out=tmp_path / "ing", report=tmp_path / "r.json")
+    with pytest.raises(DataError) as e:
+        _validate(params, tmp_path / "ing", tmp_path)
+    msg = str(e.value)
+    assert "% of rows are bad (8 of " in msg and "validate.max_bad_row_share = 5.00%" in msg
+    assert "Top reasons:" in msg and "unknown item (1)" in msg
+    assert not (tmp_path / "q.parquet").exists() and not (tmp_path / "can").exists()
