@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from gensar.eval.baselines import BM25Ranker, PopularityRanker
-from gensar.eval.candidates import build_cases, make_candidates
+from gensar.eval.candidates import build_cases, ensure_candidates, history_items, make_candidates
 from gensar.eval.evaluate import EvalData, evaluate_model, load_eval_data
 from gensar.io import write_parquet
 
@@ -31,15 +31,17 @@ def tables():
 
 
 def test_history_is_strictly_before_the_target_step(tables):
-    _, inter, _ = tables
+    _, inter, queries = tables
     for behavior in ("rec", "search"):
-        cases = build_cases(inter, "test", behavior)
+        cases = build_cases(inter, "test", behavior, queries)
         assert len(cases) == N_USERS
-        for u, target, hist in zip(cases["user_id"], cases["item_id"], cases["history"]):
+        for u, step, target, hist in zip(cases["user_id"], cases["step"], cases["item_id"], cases["history"]):
             seq = inter[(inter.user_id == u) & (inter.behavior == "rec")].sort_values("step")["item_id"].tolist()
-            assert hist == seq[:5] and target == seq[5]       # twin (same step) never in the history
-    valid = build_cases(inter, "valid", "rec")
-    assert all(len(h) == 4 for h in valid["history"])
+            assert history_items(hist) == seq[:5] and target == seq[5]
+            assert all(ev[3] < step for ev in hist)             # twin (same step) never in the history
+            assert [ev[0] for ev in hist[:2]] == ["rec", "search"] and hist[1][2] in set(queries.text)
+    valid = build_cases(inter, "valid", "rec", queries)
+    assert all(len(history_items(h)) == 4 and len(h) == 8 for h in valid["history"])
 
 
 def test_candidates_follow_the_protocol_and_are_reproducible(tables, tmp_path):
@@ -58,7 +60,8 @@ def test_candidates_follow_the_protocol_and_are_reproducible(tables, tmp_path):
             same = set(items[items.text.str.contains(cat)].item_id)
             assert same <= set(c)
     assert cands["candidates"].map(lambda c: c[0]).nunique() > 1     # shuffled, target not always first
-    write_parquet(cands, tmp_path / "cands" / "candidates.parquet")
+    saved = ensure_candidates(inter, items, queries, tmp_path / "cands", n=100, seed=3)
+    assert saved["history"].tolist() == cands["history"].tolist()        # events survive the Parquet trip
     canon = tmp_path / "canonical"
     write_parquet(items, canon / "items.parquet")
     write_parquet(queries, canon / "queries.parquet")

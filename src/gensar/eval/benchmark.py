@@ -277,6 +277,7 @@ def main(argv=None) -> None:
                     help="params override, e.g. --set train.epochs=3 (YAML value)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)   # very chatty at INFO
     import yaml
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}

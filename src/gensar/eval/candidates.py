@@ -4,10 +4,12 @@ An evaluation case is one held-out event (split `valid` or `test`) of one task:
 
     user_id, step, item_id (the target), query_id (search only), history
 
-`history` is the user's item ids at steps strictly before the target's step, oldest first, one
-item per step. "Strictly before the step" is what keeps the twin event out: in the paper's setup
-one click is both a rec and a search event at the same step, and either one in the other's
-history would leak the target.
+`history` is the user's events at steps strictly before the target's step, oldest first (twins in
+the order rec, search), each a tuple (behavior, item_id, query text or None, step): the generative
+model reads behaviors and queries, score-based baselines take `history_items` (one item per step).
+"Strictly before the step" is what keeps the twin event out: in the paper's setup one click is
+both a rec and a search event at the same step, and either one in the other's history would leak
+the target.
 
 Candidate lists (the paper's sampled protocol), one per case, target included, in a seeded random
 order (so ties between candidates are broken randomly, and the same way for every model):
@@ -32,21 +34,49 @@ logger = logging.getLogger(__name__)
 CASE_COLUMNS = ["behavior", "split", "user_id", "step", "item_id", "query_id", "history"]
 
 
-def build_cases(interactions: pd.DataFrame, split: str, behavior: str) -> pd.DataFrame:
+def history_items(history) -> list[str]:
+    """Item ids of a history, one per step (the twins of a click count once); bare ids pass through."""
+    out, last_step = [], object()
+    for ev in history:
+        if isinstance(ev, str):
+            out.append(ev)
+            continue
+        step = ev[3] if len(ev) > 3 else object()
+        if step != last_step:
+            out.append(ev[1])
+        last_step = step
+    return out
+
+
+def history_to_records(history) -> list[dict]:
+    """Parquet-friendly form of a history (list of structs)."""
+    return [{"behavior": b, "item_id": i, "query": q, "step": int(s)} for b, i, q, s in history]
+
+
+def history_from_records(records) -> list[tuple]:
+    return [(r["behavior"], r["item_id"], r["query"], int(r["step"])) for r in records]
+
+
+def build_cases(interactions: pd.DataFrame, split: str, behavior: str,
+                queries: pd.DataFrame | None = None) -> pd.DataFrame:
     """Cases of one split and behavior with their histories (see the module docstring)."""
     for col in ("user_id", "item_id", "step", "behavior", "split"):
         if col not in interactions.columns:
             raise ValueError(f"interactions: missing column '{col}' (need the validated canonical table)")
-    # one item per (user, step): the twins of one step are the same click
-    steps = (interactions.sort_values(["user_id", "step"], kind="stable")
-             .drop_duplicates(["user_id", "step"])[["user_id", "step", "item_id"]])
-    seqs = {u: (g["step"].to_numpy(), g["item_id"].tolist()) for u, g in steps.groupby("user_id", sort=False)}
+    qtext = dict(zip(queries["query_id"], queries["text"])) if queries is not None else {}
+    ev = interactions.sort_values(["user_id", "step", "behavior"], kind="stable")
+    qids = ev["query_id"] if "query_id" in ev.columns else pd.Series([None] * len(ev), index=ev.index)
+    seqs: dict[str, tuple[list[int], list[tuple]]] = {}
+    for u, it, st, b, q in zip(ev["user_id"], ev["item_id"], ev["step"], ev["behavior"], qids):
+        steps, events = seqs.setdefault(u, ([], []))
+        steps.append(int(st))
+        events.append((b, it, qtext.get(q) if b == "search" else None, int(st)))
     targets = interactions[(interactions["split"] == split) & (interactions["behavior"] == behavior)]
     targets = targets.sort_values(["user_id", "step"], kind="stable")
     histories = []
     for u, s in zip(targets["user_id"], targets["step"]):
-        user_steps, items = seqs[u]
-        histories.append(items[: int(np.searchsorted(user_steps, s, side="left"))])  # steps < s
+        user_steps, events = seqs[u]
+        histories.append(events[: int(np.searchsorted(user_steps, s, side="left"))])  # steps < s
     query = targets["query_id"] if "query_id" in targets.columns else pd.Series([None] * len(targets))
     return pd.DataFrame({
         "behavior": behavior, "split": split,
@@ -121,7 +151,7 @@ def make_candidates(interactions: pd.DataFrame, items: pd.DataFrame, queries: pd
     frames = []
     for split in splits:
         for behavior in ("rec", "search"):
-            cases = build_cases(interactions, split, behavior)
+            cases = build_cases(interactions, split, behavior, queries)
             if behavior == "rec":
                 cases["candidates"] = rec_candidates(cases, interactions, item_ids, n, rng)
             else:
@@ -160,12 +190,9 @@ def ensure_candidates(interactions: pd.DataFrame, items: pd.DataFrame, queries: 
     meta_path, path = out_dir / "meta.json", out_dir / "candidates.parquet"
     if meta_path.exists() and path.exists() and json.loads(meta_path.read_text()).get("fingerprint") == fp:
         logger.info("candidates: reusing %s (fingerprint %s)", path, fp[:12])
-        cands = pd.read_parquet(path)
-        cands["history"] = cands["history"].map(list)
-        cands["candidates"] = cands["candidates"].map(list)
-        return cands
+        return read_candidates(path)
     cands = make_candidates(interactions, items, queries, n=n, seed=seed)
-    write_parquet(cands, path)
+    write_parquet(cands.assign(history=cands["history"].map(history_to_records)), path)
     counts = cands.groupby(["split", "behavior"]).size()
     write_json({"n_candidates": n, "seed": seed, "fingerprint": fp,
                 "cases": {f"{s}/{b}": int(c) for (s, b), c in counts.items()},
@@ -173,4 +200,12 @@ def ensure_candidates(interactions: pd.DataFrame, items: pd.DataFrame, queries: 
                              "search": "target + top BM25 items for the query (target excluded)"}},
                meta_path)
     logger.info("candidates: wrote %s (%d cases)", path, len(cands))
+    return cands
+
+
+def read_candidates(path) -> pd.DataFrame:
+    """candidates.parquet back to the in-memory form (python lists, history events as tuples)."""
+    cands = pd.read_parquet(path)
+    cands["history"] = cands["history"].map(history_from_records)
+    cands["candidates"] = cands["candidates"].map(list)
     return cands

@@ -5,8 +5,10 @@ A model is any object with a `name` and one or both of
     rank_rec(histories, k, candidates=None) -> list[list[item_id]]
     rank_search(queries, histories, k, candidates=None) -> list[list[item_id]]
 
-histories: list of item-id lists (oldest first); queries: list of query texts; candidates: None for
-full ranking over all items, else one candidate list per case (the sampled protocol). The return is
+histories: per case the events before the target, oldest first, as (behavior, item_id, query,
+step) tuples (gensar.eval.candidates; `history_items` reduces them to item ids); queries: list of
+query texts; candidates: None for full ranking over all items, else one candidate list per case
+(the sampled protocol). The return is
 the model's top-k item ids per case, best first. A model without `rank_search` is simply not
 evaluated on search (and the other way round).
 
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from gensar.eval.candidates import history_items, read_candidates
 from gensar.eval.metrics import MAX_K, metrics_from_ranks, target_ranks, topk_from_scores
 
 logger = logging.getLogger(__name__)
@@ -60,12 +63,10 @@ def load_eval_data(canonical: str, candidates_path: str, split: str = "test",
         path = path / "candidates.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path}: candidates not found (run the evaluate stage's candidate step)")
-    cases = pd.read_parquet(path)
+    cases = read_candidates(path)
     cases = cases[cases["split"] == split].reset_index(drop=True)
     if cases.empty:
         raise ValueError(f"{path}: no cases for split {split!r}")
-    cases["history"] = cases["history"].map(list)
-    cases["candidates"] = cases["candidates"].map(list)
     if max_users and cases["user_id"].nunique() > max_users:
         users = np.sort(cases["user_id"].unique())
         keep = set(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
@@ -77,7 +78,7 @@ def load_eval_data(canonical: str, candidates_path: str, split: str = "test",
 class ScoreRanker:
     """Base class for models that give a score to every item; subclasses implement
     `score_rec(histories) -> (n, n_items)` and/or `score_search(queries, histories) -> (n, n_items)`
-    with columns in `item_ids` order."""
+    with columns in `item_ids` order; histories reach them as item-id lists (one per step)."""
 
     name = "score"
 
@@ -96,10 +97,10 @@ class ScoreRanker:
         return [[cand[j] for j in row] for cand, row in zip(candidates, top)]
 
     def rank_rec(self, histories, k, candidates=None):
-        return self._rank(self.score_rec(histories), k, candidates)
+        return self._rank(self.score_rec([history_items(h) for h in histories]), k, candidates)
 
     def rank_search(self, queries, histories, k, candidates=None):
-        return self._rank(self.score_search(queries, histories), k, candidates)
+        return self._rank(self.score_search(queries, [history_items(h) for h in histories]), k, candidates)
 
 
 def supports(model, task: str) -> bool:
