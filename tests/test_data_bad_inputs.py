@@ -163,8 +163,12 @@ def test_bad_rows_are_quarantined_with_reasons(tmp_path, params):
     assert len(can) == 8 * 6 and can.timestamp.dtype == "int64"
     report = json.loads((tmp_path / "v.json").read_text())
     assert report["success"] and report["quarantine"]["rows"] == 8
-    failed = {r["type"] for r in report["rows"] if not r["success"]}
-    assert "expect_column_values_to_be_in_set" in failed  # GX saw the unknown item and behavior
+    failed = {(r["type"], r["column"]) for r in report["ingested"]["interactions"] if not r["success"]}
+    assert failed == {("expect_column_values_to_be_in_set", "behavior"),   # GX saw the same bad rows
+                      ("expect_column_values_to_be_in_set", "_item_known"),
+                      ("expect_column_values_to_be_in_set", "_query_known"),
+                      ("expect_column_values_to_not_be_null", "timestamp"),
+                      ("expect_column_values_to_be_between", "timestamp")}
 
 
 def test_too_many_bad_rows_fail_with_share_threshold_and_reasons(tmp_path, params):

@@ -31,7 +31,7 @@ def test_synthetic_end_to_end(tmp_path, params):
     report = json.loads((tmp_path / "validation.json").read_text())
     assert report["success"] and report["quarantine"]["rows"] == 0
     assert all(r["success"] and r["error"] is None for r in report["canonical"])
-    assert {r["type"] for r in report["structure"]["items"]} >= {"expect_column_values_to_be_unique"}
+    assert {r["type"] for r in report["ingested"]["items"]} >= {"expect_column_values_to_be_unique"}
     assert stats == json.loads((tmp_path / "data.json").read_text())
     assert stats["users"] == 40 and stats["items"] == 30
     assert sum(stats["events_per_behavior"].values()) == stats["events"] == len(inter)

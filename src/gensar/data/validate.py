@@ -17,6 +17,7 @@ returns success=False with `exception_info`; that is reported as an error, never
 """
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timezone
 
@@ -77,15 +78,23 @@ def run_suite(df: pd.DataFrame, name: str, expectations: list) -> list[dict]:
     batch = source.add_dataframe_asset(asset_name).add_batch_definition_whole_dataframe("all") \
         .get_batch(batch_parameters={"dataframe": df})
     result = batch.validate(suite)
-    out = []
+    # GX does not keep the suite's order in its results: put them back in the order given
+    order = {_key(e.configuration): i for i, e in enumerate(expectations)}
+    out = [None] * len(expectations)
     for r in result.results:
         cfg = r.expectation_config
-        err = _exception_message(r.exception_info)
-        out.append({"type": cfg.type, "column": cfg.kwargs.get("column") or cfg.kwargs.get("column_list"),
-                    "success": bool(r.success) and err is None, "error": err,
-                    "result": _jsonable(r.result)})
+        out[order[_key(cfg)]] = {
+            "type": cfg.type, "column": cfg.kwargs.get("column") or cfg.kwargs.get("column_list"),
+            "success": bool(r.success) and _exception_message(r.exception_info) is None,
+            "error": _exception_message(r.exception_info), "result": _jsonable(r.result)}
     ctx.data_sources.delete(f"src-{asset_name}")
     return out
+
+
+def _key(cfg) -> tuple[str, str]:
+    """Identity of an expectation configuration: its type and kwargs (without the batch id)."""
+    kwargs = {k: v for k, v in cfg.kwargs.items() if k != "batch_id"}
+    return cfg.type, json.dumps(kwargs, sort_keys=True, default=str)
 
 
 def _exception_message(info) -> str | None:
@@ -124,32 +133,68 @@ def _raise_errors(results: list[dict], where: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# structural checks
+# ingested tables: structure (stops the stage) and row expectations (reported, rows quarantined)
 # --------------------------------------------------------------------------------------------
-def check_structure(tables: Tables, files: dict[str, str]) -> dict:
-    """Columns, types and unique ids of each table; raise DataError on the first problem."""
+def _row_expectations(name: str, cfg: ValidateConfig) -> list:
+    """Row-level expectations of an ingested table. They may fail: the bad rows are quarantined.
+
+    Referential checks run on derived boolean columns (`_item_known`, `_query_known`) instead of
+    `value_set=<all item ids>`: GX re-serialises a large value set many times per expectation.
+    """
+    import great_expectations as gx
+
+    E = gx.expectations
+    if name == "items":
+        return [E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1)]
+    if name == "interactions":
+        return [E.ExpectColumnValuesToBeInSet(column="behavior", value_set=list(BEHAVIORS)),
+                E.ExpectColumnValuesToNotBeNull(column="timestamp"),
+                E.ExpectColumnValuesToBeBetween(column="timestamp", min_value=cfg.min_timestamp,
+                                                max_value=cfg.max_timestamp),
+                E.ExpectColumnValuesToBeInSet(column="_item_known", value_set=[True]),
+                E.ExpectColumnValuesToBeInSet(column="_query_known", value_set=[True])]
+    return [E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1)]
+
+
+def _with_reference_flags(tables: Tables) -> pd.DataFrame:
+    """Interactions plus `_item_known` and `_query_known` (True for rec events)."""
+    inter = tables.interactions
+    known_q = inter["query_id"].isin(set(tables.queries["query_id"]))
+    return inter.assign(_item_known=inter["item_id"].isin(set(tables.items["item_id"])),
+                        _query_known=known_q | (inter["behavior"] != "search"))
+
+
+def check_ingested(tables: Tables, cfg: ValidateConfig, files: dict[str, str]) -> dict:
+    """Run the GX suites of the ingested tables; raise DataError on the first structural problem."""
     import great_expectations as gx
 
     E = gx.expectations
     report = {}
-    for name, df in (("items", tables.items), ("interactions", tables.interactions),
-                     ("queries", tables.queries)):
+    for name in ("items", "interactions", "queries"):
+        df = getattr(tables, name)
         where = files.get(name, name)
         required = STRING_COLUMNS[name] + list(NUMBER_COLUMNS.get(name, {})) + LIST_COLUMNS.get(name, [])
-        exists = run_suite(df, f"{name}-columns", [E.ExpectColumnToExist(column=c) for c in required])
+        # column existence does not depend on the rows: check it on the empty frame (cheap)
+        exists = run_suite(df.head(0), f"{name}-columns", [E.ExpectColumnToExist(column=c) for c in required])
         _raise_errors(exists, where)
         missing = [r["column"] for r in exists if not r["success"]]
         if missing:
             raise DataError(f"{where}: missing column '{missing[0]}' (required: {', '.join(required)}; "
                             f"found: {', '.join(map(str, df.columns))})")
-        exp = [E.ExpectColumnValuesToBeInTypeList(column=c, type_list=["str"]) for c in STRING_COLUMNS[name]]
-        exp += [E.ExpectColumnValuesToBeInTypeList(column=c, type_list=t)
-                for c, t in NUMBER_COLUMNS.get(name, {}).items()]
+        for col in LIST_COLUMNS.get(name, []):
+            bad = df[col][~df[col].map(lambda v: isinstance(v, (list, np.ndarray)))]
+            if len(bad):
+                raise DataError(f"{where}: column '{col}' must hold lists of category paths; "
+                                f"found {examples(bad.map(repr).unique())} (rows {examples(bad.index)})")
+        structural = [E.ExpectColumnValuesToBeInTypeList(column=c, type_list=["str"]) for c in STRING_COLUMNS[name]]
+        structural += [E.ExpectColumnValuesToBeInTypeList(column=c, type_list=t)
+                       for c, t in NUMBER_COLUMNS.get(name, {}).items()]
         if name in UNIQUE_COLUMNS:
-            exp.append(E.ExpectColumnValuesToBeUnique(column=UNIQUE_COLUMNS[name]))
-        results = run_suite(df, f"{name}-structure", exp)
-        _raise_errors(results, where)
-        for r in results:
+            structural.append(E.ExpectColumnValuesToBeUnique(column=UNIQUE_COLUMNS[name]))
+        frame = _with_reference_flags(tables) if name == "interactions" else df
+        results = run_suite(frame, f"{name}-ingested", structural + _row_expectations(name, cfg))
+        n_struct = len(structural)
+        for r in results[:n_struct]:          # structural failures first: they explain row errors
             if r["success"]:
                 continue
             col, res = r["column"], r["result"]
@@ -157,15 +202,12 @@ def check_structure(tables: Tables, files: dict[str, str]) -> dict:
                 dup = df[col][df[col].duplicated()].unique()
                 raise DataError(f"{where}: duplicate ids in column '{col}': {examples(dup)} "
                                 f"({res.get('unexpected_count')} rows share an id)")
+            if r["error"]:
+                raise DataError(f"{where}: the check {r['type']} on column '{col}' could not run: {r['error']}")
             observed = res.get("observed_value") or f"values {examples(res.get('partial_unexpected_list', []))}"
-            want = r["type"] == "expect_column_values_to_be_in_type_list" and (
-                "text (str)" if col in STRING_COLUMNS[name] else " or ".join(NUMBER_COLUMNS[name][col]))
+            want = "text (str)" if col in STRING_COLUMNS[name] else " or ".join(NUMBER_COLUMNS[name][col])
             raise DataError(f"{where}: column '{col}' has the wrong type: expected {want}, found {observed}")
-        for col in LIST_COLUMNS.get(name, []):
-            bad = df[col][~df[col].map(lambda v: isinstance(v, (list, np.ndarray)))]
-            if len(bad):
-                raise DataError(f"{where}: column '{col}' must hold lists of category paths; "
-                                f"found {examples(bad.map(repr).unique())} (rows {examples(bad.index)})")
+        _raise_errors(results[n_struct:], where)
         report[name] = results
     return report
 
@@ -230,25 +272,6 @@ def _quarantine_frame(tables: Tables, item_r, query_r, inter_r) -> pd.DataFrame:
     return out
 
 
-def row_report(tables: Tables, cfg: ValidateConfig) -> list[dict]:
-    """The row expectations as GX sees them (for the report; the quarantine uses the same rules)."""
-    import great_expectations as gx
-
-    E = gx.expectations
-    items = set(tables.items["item_id"])
-    res = run_suite(tables.interactions, "interactions-rows", [
-        E.ExpectColumnValuesToBeInSet(column="item_id", value_set=sorted(items)),
-        E.ExpectColumnValuesToBeInSet(column="behavior", value_set=list(BEHAVIORS)),
-        E.ExpectColumnValuesToNotBeNull(column="timestamp"),
-        E.ExpectColumnValuesToBeBetween(column="timestamp", min_value=cfg.min_timestamp,
-                                        max_value=cfg.max_timestamp),
-    ])
-    res += run_suite(tables.items, "items-rows", [
-        E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1)])
-    _raise_errors(res, "validation of the ingested rows")
-    return res
-
-
 # --------------------------------------------------------------------------------------------
 # canonical tables
 # --------------------------------------------------------------------------------------------
@@ -257,29 +280,21 @@ def canonical_checks(tables: Tables) -> list[dict]:
     import great_expectations as gx
 
     E = gx.expectations
-    inter = tables.interactions
-    res = run_suite(inter, "canonical-interactions", [
+    res = run_suite(_with_reference_flags(tables), "canonical-interactions", [
         E.ExpectColumnValuesToBeInTypeList(column="timestamp", type_list=["int64"]),
         E.ExpectColumnValuesToBeInTypeList(column="step", type_list=["int64"]),
         E.ExpectColumnValuesToBeInSet(column="behavior", value_set=list(BEHAVIORS)),
         E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
         E.ExpectColumnValuesToNotBeNull(column="split"),
-        E.ExpectColumnValuesToBeInSet(column="item_id", value_set=sorted(set(tables.items["item_id"]))),
+        E.ExpectColumnValuesToBeInSet(column="_item_known", value_set=[True]),
+        E.ExpectColumnValuesToBeInSet(column="_query_known", value_set=[True]),
         E.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "step", "behavior"]),
     ])
-    search = inter[inter["behavior"] == "search"]
-    res += run_suite(search, "canonical-search", [
-        E.ExpectColumnValuesToNotBeNull(column="query_id"),
-        E.ExpectColumnValuesToBeInSet(column="query_id", value_set=sorted(set(tables.queries["query_id"]))),
-    ])
-    res += run_suite(tables.items, "canonical-items", [
-        E.ExpectColumnValuesToBeUnique(column="item_id"),
-        E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1),
-    ])
-    res += run_suite(tables.queries, "canonical-queries", [
-        E.ExpectColumnValuesToBeUnique(column="query_id"),
-        E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1),
-    ])
+    for name, key in (("items", "item_id"), ("queries", "query_id")):
+        res += run_suite(getattr(tables, name), f"canonical-{name}", [
+            E.ExpectColumnValuesToBeUnique(column=key),
+            E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1),
+        ])
     _raise_errors(res, "canonical tables")
     failed = [r for r in res if not r["success"]]
     if failed:
@@ -296,8 +311,7 @@ def validate_tables(tables: Tables, cfg: ValidateConfig, files: dict[str, str] |
     Raises DataError on structural problems and when the share of bad rows exceeds the threshold.
     """
     files = files or {}
-    report = {"structure": check_structure(tables, files)}
-    report["rows"] = row_report(tables, cfg)
+    report = {"ingested": check_ingested(tables, cfg, files)}
     item_r, query_r, inter_r = row_reasons(tables, cfg)
     quarantine = _quarantine_frame(tables, item_r, query_r, inter_r)
 
