@@ -22,8 +22,13 @@ interactions.parquet
                        per user and behavior, the last event is test, the second last valid)
 
 queries.parquet
-    query_id     str   unique
+    query_id     str   unique; 'q' + 16 hex digits of the BLAKE2b hash of the text (stable)
     text         str   non-empty, lowercase
+
+prepared/ingested/ holds the same three tables before validation: no `split`, `timestamp` is
+float64 there (NaN marks a missing or unparsable time, quarantined by validate), steps may have
+gaps after quarantine and are renumbered densely in prepared/canonical/. In a platform log every
+row is its own step (no twins); in Amazon/shared data `queries.mode` decides (see queries.py).
 """
 from __future__ import annotations
 
