@@ -1,0 +1,144 @@
+"""Constrained beam search and the Python API on the PyTorch model.
+
+`GenSARModel` holds the T5, the tokenizer, the identifier map and two prefix tries of identifier
+token ids (SID trie for search, CID trie for recommendation), built ONCE. Decoding is HF
+`generate(num_beams=B, do_sample=False, num_return_sequences=k, prefix_allowed_tokens_fn=f)` where
+`f` walks the trie: after a decoded prefix only the children of its trie node are allowed, and after a
+complete identifier only EOS. So every returned sequence is a valid identifier of exactly one item.
+
+Scores are total log-probabilities of the identifier tokens plus EOS (`length_penalty=0`; every
+identifier has the same length, so this ranks like the per-token mean). With `candidates`, a small
+trie of just those items is built for the request (the paper's 100-candidate protocol).
+
+    m = GenSARModel.load("models/t5", "models/ids")
+    m.recommend(history, k=10)            -> [(item_id, score), ...] best first
+    m.search(query, history, k=10)
+    m.recommend_batch(histories, k, candidates=None), m.search_batch(queries, histories, k, ...)
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from gensar.config import TrainConfig
+from gensar.model import prompts
+from gensar.model.prompts import IdentifierMap
+from gensar.model.tokenizer import check_single_tokens
+from gensar.model.trie import IdentifierTrie
+
+logger = logging.getLogger(__name__)
+
+
+class GenSARModel:
+    def __init__(self, model, tokenizer, ids: IdentifierMap, cfg: TrainConfig | None = None,
+                 beams: int = 30, device: str | torch.device | None = None):
+        self.model, self.tokenizer, self.ids = model, tokenizer, ids
+        self.cfg = cfg or TrainConfig()
+        self.beams = beams
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.eos = tokenizer.eos_token_id
+        self.start = model.config.decoder_start_token_id
+        # identifier token ids per item, per space; the two tries (built once)
+        self.codes: dict[str, dict[str, list[int]]] = {}
+        self.tries: dict[str, IdentifierTrie] = {}
+        for space in prompts.SPACES:
+            seqs = {i: check_single_tokens(tokenizer, ids.tokens_of(i, space)) for i in ids.item_ids}
+            self.codes[space] = seqs
+            self.tries[space] = IdentifierTrie(list(seqs.values()), list(seqs))
+        logger.info("generate: tries over %d items (sid depth %d, cid depth %d)", len(ids),
+                    self.tries["sid"].depth, self.tries["cid"].depth)
+
+    @classmethod
+    def load(cls, model_dir, ids_dir=None, device="cpu", beams: int = 30) -> GenSARModel:
+        """From a saved model directory; the identifier map defaults to the one saved with it."""
+        from gensar.config import from_dict
+        from gensar.model.t5 import load_model
+
+        model, tokenizer, meta = load_model(model_dir, device)
+        ids = IdentifierMap.load(ids_dir) if ids_dir else IdentifierMap.load(f"{model_dir}/ids")
+        cfg = from_dict(TrainConfig, meta.get("train", {}), "train") if meta.get("train") else None
+        return cls(model, tokenizer, ids, cfg, beams, device)
+
+    # ----------------------------------------------------------------------------------------
+    def candidate_trie(self, space: str, candidates: Sequence[str]) -> IdentifierTrie:
+        items = [c for c in dict.fromkeys(candidates)]
+        missing = [c for c in items if c not in self.codes[space]]
+        if missing:
+            raise KeyError(f"candidates: {len(missing)} items have no identifier, e.g. {missing[:3]}")
+        return IdentifierTrie([self.codes[space][c] for c in items], items)
+
+    @torch.no_grad()
+    def generate_items(self, sources: Sequence[str], space: str, k: int,
+                       candidates: Sequence[Sequence[str]] | None = None,
+                       beams: int | None = None) -> list[list[tuple[str, float]]]:
+        """Top-`k` items for each encoder input in `sources`, decoding identifiers of `space`."""
+        if not sources:
+            return []
+        beams = max(beams or self.beams, k)
+        tries = ([self.candidate_trie(space, c) for c in candidates] if candidates is not None
+                 else [self.tries[space]] * len(sources))
+        depth = tries[0].depth
+        eos = self.eos
+
+        def allowed(batch_id: int, prefix: torch.Tensor) -> list[int]:
+            # prefix: (t,) decoder ids so far, starting with the decoder start token
+            node = tries[batch_id].walk(prefix[1:].tolist())
+            if node < 0:
+                return [eos]             # finished (EOS emitted) or padding: nothing else valid
+            nxt = tries[batch_id].allowed(node)
+            return nxt.tolist() if len(nxt) else [eos]
+
+        enc = self.tokenizer(list(sources), return_tensors="pt", padding=True, truncation=True,
+                             max_length=self.cfg.max_input_tokens).to(self.device)
+        self.model.eval()
+        out = self.model.generate(
+            **enc, num_beams=beams, num_return_sequences=beams, do_sample=False,
+            max_new_tokens=depth + 1, length_penalty=0.0, early_stopping=True,
+            prefix_allowed_tokens_fn=allowed, output_scores=True, return_dict_in_generate=True)
+        seqs = out.sequences.view(len(sources), beams, -1)[:, :, 1:depth + 1].tolist()  # drop start
+        scores = out.sequences_scores.view(len(sources), beams).tolist()
+        results = []
+        for b in range(len(sources)):
+            ranked, seen = [], set()
+            for seq, score in zip(seqs[b], scores[b]):
+                item = tries[b].item(seq)
+                if item is None or item in seen or score == float("-inf"):
+                    continue  # fewer valid identifiers than beams: masked beams are dropped
+                seen.add(item)
+                ranked.append((item, float(score)))
+            results.append(ranked[:k])
+        return results
+
+    # ----------------------------------------------------------------------------------------
+    def _kw(self):
+        return dict(history_len=self.cfg.history_len, max_query_words=self.cfg.max_query_tokens)
+
+    def recommend_batch(self, histories: Sequence[Sequence], k: int = 10,
+                        candidates: Sequence[Sequence[str]] | None = None, beams: int | None = None):
+        sources = [prompts.rec_input(h, self.ids, **self._kw()) for h in histories]
+        return self.generate_items(sources, "cid", k, candidates, beams)
+
+    def search_batch(self, queries: Sequence[str], histories: Sequence[Sequence], k: int = 10,
+                     candidates: Sequence[Sequence[str]] | None = None, beams: int | None = None):
+        if len(queries) != len(histories):
+            raise ValueError(f"search_batch: {len(queries)} queries but {len(histories)} histories")
+        sources = [prompts.search_input(q, h, self.ids, **self._kw()) for q, h in zip(queries, histories)]
+        return self.generate_items(sources, "sid", k, candidates, beams)
+
+    def recommend(self, history: Sequence, k: int = 10, candidates: Sequence[str] | None = None):
+        """Top-k (item_id, score) for the next recommendation after `history` (list of events)."""
+        return self.recommend_batch([history], k, [candidates] if candidates is not None else None)[0]
+
+    def search(self, query: str, history: Sequence, k: int = 10, candidates: Sequence[str] | None = None):
+        """Top-k (item_id, score) for `query` typed by a user with `history`."""
+        return self.search_batch([query], [history], k, [candidates] if candidates is not None else None)[0]
+
+    @torch.no_grad()
+    def next_query(self, history: Sequence, beams: int = 4, max_new_tokens: int = 24) -> str:
+        """The query the model expects the user to type next (free text, unconstrained)."""
+        src = prompts.query_input(history, self.ids, **self._kw())
+        enc = self.tokenizer([src], return_tensors="pt").to(self.device)
+        out = self.model.generate(**enc, num_beams=beams, do_sample=False, max_new_tokens=max_new_tokens)
+        return self.tokenizer.decode(out[0], skip_special_tokens=True)
