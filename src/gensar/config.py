@@ -160,7 +160,23 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     opset: int = 17
-    quantize: bool = False
+    quantize: bool = False        # int8 dynamic quantization of the graphs' weights
+    tolerance: float = 1.0e-3     # max abs logit difference ONNX (fp32) vs PyTorch before the stage fails
+    score_eos: bool = True        # hit scores include log p(EOS | identifier), as GenSARModel's do
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The onnxruntime runtime and the HTTP service (`gensar serve`)."""
+    beams: int = 20
+    max_k: int = 20               # largest k a request may ask for (<= beams)
+    normalize: str = "full"       # full: HF-identical scores | allowed: softmax over allowed tokens only
+    provider: str = "auto"        # auto | cpu | cuda
+    threads: int = 0              # onnxruntime intra-op threads (0 = all cores)
+    max_batch: int = 16           # requests decoded together by the service's micro-batcher
+    max_wait_ms: float = 2.0      # how long the batcher waits for more requests
+    host: str = "127.0.0.1"
+    port: int = 8000
 
 
 @dataclass(frozen=True)
@@ -181,6 +197,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
 

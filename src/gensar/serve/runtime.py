@@ -1,0 +1,357 @@
+"""Serving runtime: the exported GenSAR model on onnxruntime, with constrained beam search in numpy.
+
+Same answers as the PyTorch path (`gensar.model.generate.GenSARModel`, HF `generate` with a trie
+`prefix_allowed_tokens_fn`), computed with much less work per step:
+
+- the encoder runs once per request and also returns every decoder layer's cross-attention K/V;
+- the decoder runs one token per beam per step with a KV cache (no re-run over the prefix);
+- logits are computed only for the identifier tokens the trie can allow at this depth: the decoder
+  graph stops at the final hidden state h [R, D] and the runtime multiplies it with the gathered
+  rows W_t [V_t, D] of the output embedding (V_t ~ codebook size, not the vocabulary);
+- `normalize="full"` (default) adds the full-vocabulary log-normaliser from `logsumexp.onnx`, which
+  makes the scores exactly HF's (log_softmax over the vocabulary, then the constraint mask);
+  `normalize="allowed"` renormalises over the allowed tokens only and skips that graph: the
+  compute floor of constrained decoding, at the price of scores that differ from HF's.
+
+Beam search (per request, N beams, identifier depth L, scores are summed log-probabilities):
+
+    step 0:   1 row per request (the decoder start token), cache empty
+    step t:   cand[b, (beam, tok)] = score[beam] + logp[beam, tok]   for tok allowed by the beam's trie node
+              keep the best N candidates of each request; reorder the KV cache by the chosen beams
+    step L:   (meta `score_eos`, default) add log p(EOS | identifier), as the PyTorch path scores the
+              EOS it forces after a complete identifier
+    result:   the N leaves sorted by score, top k
+
+    rt = Runtime.load("models/onnx")
+    rt.recommend(history, k=10)          -> [Hit(item_id, title, score), ...] best first
+    rt.search(query, history, k=10)
+    rt.recommend_batch(histories, ks), rt.search_batch(queries, histories, ks)   (one beam search per batch)
+
+`history` is a list of events `(behavior, item_id, query)` as in `gensar.model.prompts`; an empty
+history is a cold-start user and is served like any other.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class Hit(NamedTuple):
+    item_id: str
+    title: str
+    score: float
+
+
+class UnknownItemsError(ValueError):
+    """A history names item ids the served identifier map does not know."""
+
+    def __init__(self, unknown: Sequence[str]):
+        self.unknown = list(unknown)
+        shown = ", ".join(repr(u) for u in self.unknown[:5])
+        more = f" (and {len(self.unknown) - 5} more)" if len(self.unknown) > 5 else ""
+        super().__init__(f"unknown item ids in history: {shown}{more}")
+
+
+# --------------------------------------------------------------------------------------------
+# onnxruntime sessions
+# --------------------------------------------------------------------------------------------
+def choose_providers(provider: str = "auto") -> list[str]:
+    """Execution providers, explicit: CUDA when onnxruntime-gpu and a GPU are there, else CPU.
+
+    provider: auto | cpu | cuda ('cuda' fails loudly when CUDA cannot be used).
+    """
+    import onnxruntime as ort
+
+    if provider not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"serve.provider must be auto, cpu or cuda, got {provider!r}")
+    available = ort.get_available_providers()
+    if provider != "cpu" and "CUDAExecutionProvider" in available and _gpu_present():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if provider == "cuda":
+        raise RuntimeError(f"serve.provider=cuda but CUDA cannot be used (onnxruntime providers: {available}, "
+                           f"GPU present: {_gpu_present()}); install the `gpu` extra on a GPU machine")
+    return ["CPUExecutionProvider"]
+
+
+def _gpu_present() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover - torch is a dependency, but the runtime does not need it
+        return Path("/dev/nvidiactl").exists()
+
+
+class OnnxSeq2Seq:
+    """The three graphs of an export (see gensar.export.onnx) and the output embedding."""
+
+    def __init__(self, export_dir: str | Path, provider: str = "auto", threads: int = 0):
+        import onnxruntime as ort
+
+        export_dir = Path(export_dir)
+        self.providers = choose_providers(provider)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = threads      # 0 = onnxruntime's default (all cores)
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.sessions = {n: ort.InferenceSession(str(export_dir / f"{n}.onnx"), opts, providers=self.providers)
+                         for n in ("encoder", "decoder", "logsumexp")}
+        used = self.sessions["decoder"].get_providers()
+        logger.info("runtime: onnxruntime %s, providers %s, %s threads", ort.__version__, used, threads or "all")
+        self.lm_head = np.load(export_dir / "lm_head.npy")                   # [V, D] float32
+        dec_inputs = self.sessions["decoder"].get_inputs()
+        self.cross_names = [i.name for i in dec_inputs if i.name.startswith("cross_")]
+        self.past_names = [i.name for i in dec_inputs if i.name.startswith("past_")]
+        past_shape = next(i.shape for i in dec_inputs if i.name == self.past_names[0])
+        self.n_heads, self.d_kv = int(past_shape[1]), int(past_shape[3])
+
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+        """Cross-attention K/V of every decoder layer, each [B, H, S, d_kv]."""
+        out = self.sessions["encoder"].run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
+        return out[1:]
+
+    def empty_cache(self, rows: int) -> list[np.ndarray]:
+        empty = np.zeros((rows, self.n_heads, 0, self.d_kv), dtype=np.float32)
+        return [empty] * len(self.past_names)
+
+    def step(self, tokens: np.ndarray, attention_mask: np.ndarray, cross: list[np.ndarray],
+             past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One decoder step for R rows: (hidden [R, D], new caches [R, H, T+1, d_kv])."""
+        feed = {"input_ids": tokens, "encoder_attention_mask": attention_mask,
+                **dict(zip(self.cross_names, cross)), **dict(zip(self.past_names, past))}
+        hidden, *present = self.sessions["decoder"].run(None, feed)
+        return hidden, present
+
+    def logsumexp(self, hidden: np.ndarray) -> np.ndarray:
+        """Full-vocabulary log-normaliser [R] of the logits hidden @ lm_head.T."""
+        return self.sessions["logsumexp"].run(None, {"hidden": hidden})[0]
+
+
+# --------------------------------------------------------------------------------------------
+# the trie as per-depth tables (vectorised decoding)
+# --------------------------------------------------------------------------------------------
+class TrieTables:
+    """A prefix trie of fixed-length identifiers, as numpy tables per depth.
+
+    At depth t every trie node has a local index; `vocab[t]` are the token ids that occur at
+    position t of any identifier (the only tokens whose logits are ever needed there),
+    `allowed[t][node]` a boolean row over `vocab[t]`, and the child of (node, token) is found by
+    binary search in `keys[t]` (node * |vocab[t]| + local token index, sorted; the child is the
+    key's rank). Each depth has one
+    extra "dead" node (index = number of nodes) with nothing allowed, for beams that ran out of
+    valid continuations. Leaves (depth L) are items.
+    """
+
+    def __init__(self, sequences: np.ndarray, item_ids: Sequence[str]):
+        seqs = np.asarray(sequences, dtype=np.int64)
+        if seqs.ndim != 2 or len(seqs) != len(item_ids) or len(seqs) == 0:
+            raise ValueError(f"trie: need one fixed-length token sequence per item, got shape {seqs.shape} "
+                             f"for {len(item_ids)} items")
+        self.depth = seqs.shape[1]
+        self.vocab, self.allowed, self.keys, self.n_nodes = [], [], [], []
+        node = np.zeros(len(seqs), dtype=np.int64)          # each item's trie node at depth t
+        n_nodes = 1
+        for t in range(self.depth):
+            vocab, tok = np.unique(seqs[:, t], return_inverse=True)
+            keys, child = np.unique(node * len(vocab) + tok, return_inverse=True)
+            allowed = np.zeros((n_nodes + 1, len(vocab)), dtype=bool)       # last row: dead node
+            allowed[keys // len(vocab), keys % len(vocab)] = True
+            self.vocab.append(vocab)
+            self.allowed.append(allowed)
+            self.keys.append(keys)          # the child reached by keys[j] is node j of depth t+1
+            self.n_nodes.append(n_nodes)
+            node, n_nodes = child.reshape(-1), len(keys)
+        if n_nodes != len(seqs):
+            _, first, counts = np.unique(node, return_index=True, return_counts=True)
+            dup = first[counts > 1][0]
+            raise ValueError(f"trie: identifier {seqs[dup].tolist()} names {counts.max()} items, "
+                             f"e.g. {item_ids[dup]!r}")
+        self.leaf_item = np.empty(n_nodes + 1, dtype=object)
+        self.leaf_item[node] = [str(i) for i in item_ids]
+        self.leaf_item[n_nodes] = None
+
+    def __len__(self) -> int:
+        return len(self.leaf_item) - 1
+
+    def dead(self, t: int) -> int:
+        return self.n_nodes[t] if t < self.depth else len(self.leaf_item) - 1
+
+    def child(self, t: int, node: np.ndarray, tok_local: np.ndarray) -> np.ndarray:
+        """Nodes at depth t+1 reached from `node` (depth t) along local token `tok_local`."""
+        keys = self.keys[t]
+        key = node * len(self.vocab[t]) + tok_local
+        pos = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
+        ok = (keys[pos] == key) & (node < self.n_nodes[t])
+        return np.where(ok, pos, self.dead(t + 1))
+
+
+# --------------------------------------------------------------------------------------------
+# constrained beam search
+# --------------------------------------------------------------------------------------------
+def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.ndarray, trie: TrieTables,
+                level_weights: list[np.ndarray], num_beams: int, start_id: int, eos_id: int | None,
+                normalize: str = "full") -> list[list[tuple[str, float]]]:
+    """Best `num_beams` identifiers of `trie` for each of the B encoder inputs, best first.
+
+    level_weights[t]: lm_head rows of trie.vocab[t] [V_t, D]. eos_id: score the EOS that follows a
+    complete identifier (as the PyTorch path does), None to skip it. Returns per request a list of
+    (item_id, summed log-probability); beams that found no valid identifier are dropped.
+    """
+    if normalize not in ("full", "allowed"):
+        raise ValueError(f"normalize must be 'full' or 'allowed', got {normalize!r}")
+    b = input_ids.shape[0]
+    cross = model.encode(input_ids, attention_mask)
+    past = model.empty_cache(b)
+    tokens = np.full(b, start_id, dtype=np.int64)
+    node = np.zeros(b, dtype=np.int64)                  # trie node of each row (depth t)
+    score = np.zeros(b, dtype=np.float32)               # summed log-probs of each row
+    per = 1                                             # rows per request (1 at step 0, then <= N)
+    for t in range(trie.depth):
+        hidden, present = model.step(tokens, attention_mask, cross, past)     # [R, D]
+        vocab = trie.vocab[t]
+        logits = hidden @ level_weights[t].T                                  # [R, V_t]
+        allowed = trie.allowed[t][node]                                       # [R, V_t]
+        if normalize == "full":
+            logp = logits - model.logsumexp(hidden)[:, None]
+        else:
+            masked = np.where(allowed, logits, -np.inf)
+            m = masked.max(axis=1, keepdims=True)
+            m = np.where(np.isfinite(m), m, 0.0)
+            logp = logits - (m + np.log(np.exp(masked - m).sum(axis=1, keepdims=True) + 1e-30))
+        cand = np.where(allowed, score[:, None] + logp, -np.inf).reshape(b, per * len(vocab))
+        keep = min(num_beams, cand.shape[1])
+        top = np.argpartition(-cand, keep - 1, axis=1)[:, :keep]              # [B, keep], unordered
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(cand, top, 1), 1, kind="stable"), 1)
+        src = (np.arange(b)[:, None] * per + top // len(vocab)).reshape(-1)   # source row of each new beam
+        tok_local = (top % len(vocab)).reshape(-1)
+        score = np.take_along_axis(cand, top, 1).reshape(-1).astype(np.float32)
+        node = trie.child(t, node[src], tok_local)
+        node[~np.isfinite(score)] = trie.dead(t + 1)
+        tokens = vocab[tok_local]
+        past = [p[src] for p in present]
+        per = keep
+    if eos_id is not None and normalize == "full":
+        # score the EOS after the identifier too: add log p(EOS | identifier)
+        hidden, _ = model.step(tokens, attention_mask, cross, past)
+        score = score + (hidden @ model.lm_head[eos_id] - model.logsumexp(hidden)).astype(np.float32)
+    # (normalize="allowed": EOS is the only allowed token there, log 1 = 0)
+    score = score.reshape(b, per)
+    items = trie.leaf_item[node].reshape(b, per)
+    out = []
+    for i in range(b):
+        order = np.argsort(-score[i], kind="stable")
+        out.append([(items[i, j], float(score[i, j])) for j in order if np.isfinite(score[i, j])])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the product API
+# --------------------------------------------------------------------------------------------
+class Runtime:
+    """recommend / search on an export folder (`models/onnx`), the same API as GenSARModel."""
+
+    def __init__(self, export_dir: str | Path, beams: int = 20, normalize: str = "full",
+                 provider: str = "auto", threads: int = 0):
+        from gensar.model.prompts import IdentifierMap
+        from gensar.model.tokenizer import load_tokenizer
+
+        export_dir = Path(export_dir)
+        meta_path = export_dir / "meta.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{meta_path}: not an ONNX export of GenSAR (no meta.json); "
+                                    f"run `python -m gensar.stages.export`")
+        self.meta = json.loads(meta_path.read_text())
+        self.export_dir = export_dir
+        self.beams, self.normalize = beams, normalize
+        gen = self.meta["generation"]
+        self.start_id, self.eos_id = gen["decoder_start_token_id"], gen["eos_token_id"]
+        self.score_eos = bool(gen.get("score_eos", True))
+        self.max_input_tokens = gen["max_input_tokens"]
+        self.prompt_kw = dict(history_len=gen["history_len"], max_query_words=gen["max_query_words"])
+        self.model = OnnxSeq2Seq(export_dir, provider, threads)
+        self.tokenizer = load_tokenizer(export_dir / "tokenizer")
+        self.ids = IdentifierMap.load(export_dir / "ids")
+        import pandas as pd
+
+        titles = pd.read_parquet(export_dir / "items.parquet", columns=["item_id", "title"])
+        self.titles = dict(zip(titles["item_id"].astype(str), titles["title"].astype(str)))
+        tries = np.load(export_dir / "trie.npz", allow_pickle=False)
+        item_ids = [str(i) for i in tries["item_ids"]]
+        self.tries = {space: TrieTables(tries[f"{space}_tokens"], item_ids) for space in ("sid", "cid")}
+        self.level_weights = {space: [np.ascontiguousarray(self.model.lm_head[v]) for v in trie.vocab]
+                              for space, trie in self.tries.items()}
+        logger.info("runtime: %s loaded: %d items, beams %d, normalize=%s", export_dir, len(item_ids),
+                    beams, normalize)
+
+    @classmethod
+    def load(cls, export_dir: str | Path = "models/onnx", **kw) -> Runtime:
+        return cls(export_dir, **kw)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.model.providers
+
+    def check_history(self, history: Sequence) -> None:
+        """Raise UnknownItemsError when an event names an item the identifier map does not know."""
+        unknown = [ev[1] for ev in history if ev[1] not in self.ids]
+        if unknown:
+            raise UnknownItemsError(list(dict.fromkeys(unknown)))
+
+    # ----------------------------------------------------------------------------------------
+    def encode_sources(self, sources: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Tokenize exactly like the PyTorch path (padding, truncation to max_input_tokens)."""
+        enc = self.tokenizer(list(sources), padding=True, truncation=True, max_length=self.max_input_tokens,
+                             return_tensors="np")
+        return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+
+    def generate_items(self, sources: Sequence[str], space: str, ks: Sequence[int],
+                       beams: int | None = None) -> list[list[Hit]]:
+        if not sources:
+            return []
+        beams = max(beams or self.beams, max(ks))
+        ids, mask = self.encode_sources(sources)
+        t0 = time.perf_counter()
+        ranked = beam_search(self.model, ids, mask, self.tries[space], self.level_weights[space], beams,
+                             self.start_id, self.eos_id if self.score_eos else None, self.normalize)
+        logger.debug("runtime: %d %s requests in %.1f ms", len(sources), space, 1e3 * (time.perf_counter() - t0))
+        return [[Hit(item, self.titles.get(item, ""), score) for item, score in r[:k]] for r, k in zip(ranked, ks)]
+
+    def recommend_batch(self, histories: Sequence[Sequence], ks: int | Sequence[int] = 10,
+                        beams: int | None = None) -> list[list[Hit]]:
+        from gensar.model import prompts
+
+        ks = [ks] * len(histories) if isinstance(ks, int) else list(ks)
+        for h in histories:
+            self.check_history(h)
+        sources = [prompts.rec_input(h, self.ids, **self.prompt_kw) for h in histories]
+        return self.generate_items(sources, "cid", ks, beams)
+
+    def search_batch(self, queries: Sequence[str], histories: Sequence[Sequence],
+                     ks: int | Sequence[int] = 10, beams: int | None = None) -> list[list[Hit]]:
+        from gensar.model import prompts
+
+        if len(queries) != len(histories):
+            raise ValueError(f"search_batch: {len(queries)} queries but {len(histories)} histories")
+        ks = [ks] * len(queries) if isinstance(ks, int) else list(ks)
+        for h in histories:
+            self.check_history(h)
+        sources = [prompts.search_input(q, h, self.ids, **self.prompt_kw) for q, h in zip(queries, histories)]
+        return self.generate_items(sources, "sid", ks, beams)
+
+    def recommend(self, history: Sequence, k: int = 10) -> list[Hit]:
+        """Top-k items to recommend after `history` (events; empty = cold start), best first."""
+        return self.recommend_batch([history], [k])[0]
+
+    def search(self, query: str, history: Sequence, k: int = 10) -> list[Hit]:
+        """Top-k items for `query` typed by a user with `history`, best first."""
+        return self.search_batch([query], [history], [k])[0]

@@ -1,0 +1,79 @@
+"""Stage `export`: the trained GenSAR T5 as a self-contained ONNX serving folder.
+
+Inputs: the trained model (`models/t5`), the identifier map (`models/ids`) and the canonical items
+(titles shown in responses). Output (`models/onnx`, replaced atomically as a whole):
+    encoder.onnx, decoder.onnx (KV cache), logsumexp.onnx, lm_head.npy, tokenizer/, ids/, trie.npz,
+    items.parquet, meta.json (data / identifier / model versions, generation settings, verification)
+The fp32 graphs are checked against PyTorch (`export.tolerance`) before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from gensar.config import Params, load_params
+from gensar.export.onnx import file_version, write_export
+from gensar.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+
+def run(params: Params, model: str | Path = "models/t5", ids: str | Path = "models/ids",
+        canonical: str | Path = "prepared/canonical", out: str | Path = "models/onnx") -> dict:
+    from gensar.model.t5 import load_model
+
+    model_dir, ids_dir, canonical, out = Path(model), Path(ids), Path(canonical), Path(out)
+    for path in (model_dir / "gensar.json", ids_dir / "identifiers.parquet", ids_dir / "meta.json",
+                 canonical / "items.parquet"):
+        if not path.exists():
+            raise FileNotFoundError(f"export: {path} not found (run the stages before `export` first)")
+    t0 = time.perf_counter()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    net, tokenizer, model_meta = load_model(model_dir, "cpu")
+    items = pd.read_parquet(canonical / "items.parquet", columns=["item_id", "title"])
+    items["item_id"] = items["item_id"].astype(str)
+
+    train = model_meta.get("train") or {}
+    generation = {  # the encoder-input settings the model was trained with (GenSARModel uses the same)
+        "history_len": int(train.get("history_len", params.train.history_len)),
+        "max_query_words": int(train.get("max_query_tokens", params.train.max_query_tokens)),
+        "max_input_tokens": int(train.get("max_input_tokens", params.train.max_input_tokens)),
+    }
+    weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
+    versions = {
+        "data": str(model_meta.get("data_version") or file_version(canonical / "items.parquet")),
+        "identifiers": file_version(ids_dir / "identifiers.parquet", ids_dir / "meta.json"),
+        "model": file_version(*weights, model_dir / "gensar.json"),
+        "model_dir": str(model_dir),
+    }
+    with atomic_path(out) as tmp:
+        meta = write_export(net, tokenizer, ids_dir, items, tmp, generation, versions,
+                            opset=params.export.opset, quantize=params.export.quantize,
+                            tolerance=params.export.tolerance, score_eos=params.export.score_eos)
+    summary = {"out": str(out), "n_items": meta["n_items"], "versions": versions,
+               "quantized": meta["quantized"], "max_abs_diff": max(meta["verification_max_abs_diff"].values()),
+               "seconds": round(time.perf_counter() - t0, 2)}
+    logger.info("export: %s", json.dumps(summary))
+    return summary
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--model", default="models/t5")
+    ap.add_argument("--ids", default="models/ids")
+    ap.add_argument("--canonical", default="prepared/canonical")
+    ap.add_argument("--out", default="models/onnx")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    print(run(load_params(args.params), model=args.model, ids=args.ids, canonical=args.canonical, out=args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The onnxruntime runtime: trie tables, constrained beam search parity with PyTorch generate, batching,
+cold start and errors, on a tiny random GenSAR exported by the real export stage."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from gensar.config import Params
+from gensar.model.generate import GenSARModel
+from gensar.model.trie import IdentifierTrie
+from gensar.serve.runtime import Runtime, TrieTables, UnknownItemsError, choose_providers
+from test_export_onnx import WORDS, random_events, tiny_world
+
+BEAMS = 20
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from gensar.stages.export import run
+
+    torch.set_num_threads(2)
+    world = tiny_world(tmp_path_factory.mktemp("serve"), n_items=150)
+    out = world["root"] / "models" / "onnx"
+    run(Params(), model=world["model_dir"], ids=world["ids_dir"], canonical=world["canonical"], out=out)
+    world["runtime"] = Runtime.load(out, beams=BEAMS, threads=2)
+    world["reference"] = GenSARModel(world["model"], world["tokenizer"], world["ids"], beams=BEAMS)
+    return world
+
+
+def _requests(world, n: int, seed: int = 0):
+    rng = random.Random(seed)
+    items = world["ids"].item_ids
+    histories = [random_events(rng, items, rng.randint(0, 7)) for _ in range(n)]
+    queries = [" ".join(rng.sample(WORDS, rng.randint(1, 3))) for _ in range(n)]
+    return histories, queries
+
+
+# --------------------------------------------------------------------------------------------
+def test_trie_tables_agree_with_identifier_trie():
+    rng = np.random.default_rng(0)
+    seqs = np.unique(rng.integers(10, 16, size=(200, 3)), axis=0)
+    names = [f"i{j}" for j in range(len(seqs))]
+    tables, trie = TrieTables(seqs, names), IdentifierTrie(seqs.tolist(), names)
+    for seq, name in zip(seqs[:40], names[:40]):
+        node, ref = np.zeros(1, dtype=np.int64), 0
+        for t, tok in enumerate(seq):
+            allowed = tables.vocab[t][tables.allowed[t][node[0]]]
+            assert allowed.tolist() == trie.allowed(ref).tolist()
+            node = tables.child(t, node, np.searchsorted(tables.vocab[t], [tok]))
+            ref = trie.step(ref, tok)
+        assert tables.leaf_item[node[0]] == name
+    # a token the node does not allow leads to the dead node, which allows nothing
+    dead = tables.child(0, np.zeros(1, dtype=np.int64), np.array([len(tables.vocab[0])]))
+    assert dead[0] == tables.dead(1) and not tables.allowed[1][dead[0]].any()
+    with pytest.raises(ValueError, match="names 2 items"):
+        TrieTables(np.array([[1, 2], [1, 2]]), ["a", "b"])
+
+
+def test_topk_equals_pytorch_generate(served):
+    """Parity: top-10 items of the runtime == HF generate (same beams) for >= 99% of requests."""
+    rt, ref = served["runtime"], served["reference"]
+    histories, queries = _requests(served, 30)
+    k = 10
+    got = rt.recommend_batch(histories, k) + rt.search_batch(queries, histories, k)
+    want = ref.recommend_batch(histories, k) + ref.search_batch(queries, histories, k)
+    same = sum([h.item_id for h in g] == [w[0] for w in ws] for g, ws in zip(got, want))
+    assert same / len(want) >= 0.99, f"{same}/{len(want)} requests with identical top-{k}"
+    # and the scores are HF's scores (summed log-probs including the forced EOS)
+    diff = max(abs(h.score - w[1]) for g, ws in zip(got, want) for h, w in zip(g, ws))
+    assert diff < 1e-3
+    assert all(len(g) == k for g in got)
+    assert got[0][0].title == served["items"].set_index("item_id").loc[got[0][0].item_id, "title"]
+
+
+def test_batching_does_not_change_answers(served):
+    rt = served["runtime"]
+    histories, queries = _requests(served, 6, seed=1)
+    ks = [1, 5, 10, 3, 20, 7]
+    batched = rt.search_batch(queries, histories, ks)
+    for q, h, k, b in zip(queries, histories, ks, batched):
+        single = rt.search(q, h, k)
+        assert [x.item_id for x in single] == [x.item_id for x in b] and len(b) == k
+        assert np.allclose([x.score for x in single], [x.score for x in b], atol=1e-4)
+
+
+def test_cold_start_unknown_items_and_allowed_normalisation(served):
+    rt = served["runtime"]
+    cold = rt.recommend([], k=5)                           # a new user: served from the empty history
+    assert len(cold) == 5 and len({h.item_id for h in cold}) == 5
+    assert [h.score for h in cold] == sorted((h.score for h in cold), reverse=True)
+    with pytest.raises(UnknownItemsError, match="'nope'"):
+        rt.recommend([("rec", "nope", None)], k=5)
+    # allowed-only normalisation: valid distinct items, log-probs <= 0, and the best item of each
+    # request is scored at least as high as under the full softmax (a smaller normaliser)
+    allowed = Runtime.load(served["root"] / "models" / "onnx", beams=BEAMS, normalize="allowed", threads=2)
+    histories, queries = _requests(served, 5, seed=2)
+    a = allowed.search_batch(queries, histories, 10)
+    f = rt.search_batch(queries, histories, 10)
+    for ha, hf in zip(a, f):
+        assert len({h.item_id for h in ha}) == 10 and all(h.item_id in served["ids"] for h in ha)
+        assert all(h.score <= 1e-6 for h in ha) and ha[0].score >= hf[0].score
+
+
+def test_providers_are_explicit():
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]
+    if not torch.cuda.is_available():
+        assert choose_providers("auto") == ["CPUExecutionProvider"]
+        with pytest.raises(RuntimeError, match="CUDA"):
+            choose_providers("cuda")
+    with pytest.raises(ValueError, match="provider"):
+        choose_providers("tpu")
