@@ -68,3 +68,41 @@ def test_stage_writes_comparable_metrics_and_reuses_candidates(tables, tmp_path)
     run(params, canonical=canon, model=None, sasrec=tmp_path / "sasrec", candidates=tmp_path / "cands", out=out)
     assert (tmp_path / "cands" / "candidates.parquet").stat().st_mtime_ns == mtime   # reused, not rebuilt
     assert json.loads(out.read_text()) == metrics                                     # deterministic
+
+
+def test_stage_scores_a_saved_gensar_model_within_its_candidates(tmp_path):
+    """A (tiny, untrained) saved GenSAR T5 goes through the same stage: rankings are valid items,
+    sampled rankings stay inside each case's candidate list, metrics exist for both tasks."""
+    from gensar.config import ModelConfig, TrainConfig
+    from gensar.eval.baselines import GenSARRanker
+    from gensar.eval.evaluate import load_eval_data
+    from gensar.model.generate import GenSARModel
+    from gensar.model.prompts import IdentifierMap
+    from gensar.model.t5 import build_model, save_model
+    from gensar.model.tokenizer import train_tokenizer
+    from tests.test_model_data import make_tiny_dataset
+
+    paths = make_tiny_dataset(tmp_path)
+    ids = IdentifierMap.load(paths["ids"])
+    tok = train_tokenizer(["office desk lamp", "gel pen", "office chair"] * 3, ids.tokens(), 200)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(size="tiny", dropout=0.0), len(tok), tok.pad_token_id, tok.eos_token_id)
+    save_model(model, tok, tmp_path / "t5", {"train": {}})
+    params = load_params(tmp_path / "none.yaml", {"evaluate.n_candidates": 10, "evaluate.beams": 10,
+                                                  "evaluate.baselines": ["popularity"], "evaluate.device": "cpu"})
+    out = tmp_path / "eval.json"
+    run(params, canonical=paths["canonical"], model=tmp_path / "t5", ids=paths["ids"],
+        sasrec=tmp_path / "none", candidates=tmp_path / "cands", out=out)
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == {"gensar", "popularity"}
+    assert {"rec/sampled/hr@10", "rec/full/recall@10", "search/sampled/ndcg@10",
+            "search/full/ndcg@5"} <= set(metrics["gensar"])
+    assert metrics["gensar"]["rec/sampled/hr@10"] == 1.0        # 10 candidates: the target is always in the top 10
+
+    data = load_eval_data(str(paths["canonical"]), str(tmp_path / "cands"), split="test")
+    ranker = GenSARRanker(GenSARModel.load(tmp_path / "t5", paths["ids"], beams=10))
+    cases = data.task_cases("search")
+    ranked = ranker.rank_search([data.query_texts[q] for q in cases["query_id"]], cases["history"].tolist(), 5,
+                                cases["candidates"].tolist())
+    for got, cand in zip(ranked, cases["candidates"]):
+        assert len(got) == 5 and set(got) <= set(cand)

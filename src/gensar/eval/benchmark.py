@@ -53,9 +53,11 @@ VARIANTS = {
 }
 BASELINES = ("popularity", "bm25", "dense", "sasrec")
 
-# A CI-size run: few epochs, a user sample for evaluation. Real runs use params.yaml as is.
+# A CI-size run: few epochs, a user sample for evaluation, a quarter of the training examples per
+# epoch (QUICK_TRAIN_SCALE multiplies every train.tasks rate). Real runs use params.yaml as is.
 QUICK = {"collab.epochs": 3, "collab.patience": 2, "ids.epochs": 20, "train.epochs": 1, "train.eval_users": 100,
          "evaluate.max_users": 200, "evaluate.beams": 20}
+QUICK_TRAIN_SCALE = 0.25
 
 # Published full-ranking numbers on Amazon Beauty (leave-one-out, all items ranked).
 PUBLISHED = {
@@ -100,8 +102,12 @@ def count_params(obj) -> int | None:
     return None
 
 
-def prepare(source: str, work: Path, params) -> dict:
-    """Shared stages: ingest, validate, embed, collab (SASRec-CE). Returns seconds per stage."""
+def prepare(source: str, work: Path, params, need_embed: bool = True, need_collab: bool = True) -> dict:
+    """Shared stages: ingest, validate, embed, collab (SASRec-CE). Returns seconds per stage.
+
+    embed is skipped when nothing needs item embeddings (no variants, no dense baseline), collab
+    when nothing needs SASRec (no variants, no sasrec baseline).
+    """
     seconds = {}
     p = {"canonical": work / "prepared/canonical", "emb": work / "models/embeddings",
          "sasrec": work / "models/sasrec"}
@@ -116,7 +122,11 @@ def prepare(source: str, work: Path, params) -> dict:
         ("collab", [p["sasrec"] / "model.pt"],
          dict(canonical=p["canonical"], out=p["sasrec"], metrics=work / "metrics/sasrec.json")),
     ]
+    skip = {"embed": not need_embed, "collab": not need_collab}
     for name, outs, kwargs in steps:
+        if skip.get(name):
+            logger.info("benchmark: %s not needed by this selection, skipped", name)
+            continue
         if _done(*outs):
             logger.info("benchmark: %s done already (%s)", name, outs[0])
             continue
@@ -127,9 +137,16 @@ def prepare(source: str, work: Path, params) -> dict:
     return seconds
 
 
-def train_variant(name: str, spec: dict, work: Path, base_params: str, overrides: dict) -> dict:
-    """Identifiers (one per ids.mode, shared between variants) and T5 training for one variant."""
+def train_variant(name: str, spec: dict, work: Path, base_params: str, overrides: dict,
+                  train_scale: float = 1.0) -> dict:
+    """Identifiers (one per ids.mode, shared between variants) and T5 training for one variant.
+
+    train_scale multiplies every `train.tasks` rate (the expected draws per example and epoch).
+    """
     params = load_params(base_params, {**overrides, **spec["overrides"]})
+    if train_scale != 1.0:
+        scaled = {t: w * train_scale for t, w in params.train.tasks.items()}
+        params = load_params(base_params, {**overrides, **spec["overrides"], "train.tasks": scaled})
     ids_dir = work / "ids" / params.ids.mode
     model_dir = work / "variants" / name / "t5"
     info = {"ids_mode": params.ids.mode, "train_tasks": params.train.tasks, "ids_dir": str(ids_dir),
@@ -163,7 +180,9 @@ def to_markdown(results: dict, source: str, quick: bool) -> str:
     lines = [f"# Benchmark on `{source}`{' (quick preset)' if quick else ''}", "",
              f"Split `{results['split']}`, {results['n_cases']} (rec, search cases; "
              f"max_users={results['max_users']}). Same cases, candidates and metric code for every model.",
-             ""]
+             f"Params overrides: `{json.dumps(results.get('overrides', {}))}`; train.tasks rates x "
+             f"{results.get('train_scale', 1.0)}. `train s`: identifiers + T5 training for generative rows, "
+             "SASRec training for sasrec.", ""]
     for protocol, cols, title in (
             ("full", FULL_COLS, "Full ranking over all items (TIGER / LC-Rec protocol)"),
             ("sampled", SAMPLED_COLS, "100 candidates: target + 99 negatives (GenSAR paper protocol)")):
@@ -191,17 +210,22 @@ def to_markdown(results: dict, source: str, quick: bool) -> str:
 
 
 def run(source: str, out: str | Path, work: str | Path | None = None, params_path: str = "params.yaml",
-        quick: bool = False, variants=tuple(VARIANTS), baselines=BASELINES, overrides: dict | None = None) -> dict:
+        quick: bool = False, variants=tuple(VARIANTS), baselines=BASELINES, overrides: dict | None = None,
+        train_scale: float | None = None) -> dict:
     """Run the whole benchmark; returns the results dict written to `<out>/benchmark.json`."""
     out = Path(out)
     work = Path(work) if work else out / "work"
     ov = {**(QUICK if quick else {}), **(overrides or {}), "data.source": str(source)}
     params = load_params(params_path, ov)
     cfg = params.evaluate
-    results = {"source": str(source), "quick": quick, "overrides": ov, "split": cfg.split,
+    train_scale = train_scale if train_scale is not None else (QUICK_TRAIN_SCALE if quick else 1.0)
+    results = {"source": str(source), "quick": quick, "overrides": ov, "train_scale": train_scale,
+               "split": cfg.split,
                "max_users": cfg.max_users, "models": {}, "published": PUBLISHED}
 
-    results["prepare_seconds"] = prepare(str(source), work, params)
+    results["prepare_seconds"] = prepare(str(source), work, params,
+                                         need_embed=bool(variants) or "dense" in baselines,
+                                         need_collab=bool(variants) or "sasrec" in baselines)
     canonical = work / "prepared/canonical"
     items = pd.read_parquet(canonical / "items.parquet")
     inter = pd.read_parquet(canonical / "interactions.parquet")
@@ -242,7 +266,7 @@ def run(source: str, out: str | Path, work: str | Path | None = None, params_pat
     for name in variants:
         spec = VARIANTS[name]
         try:
-            info = train_variant(name, spec, work, params_path, ov)
+            info = train_variant(name, spec, work, params_path, ov, train_scale)
             from gensar.model.generate import GenSARModel
 
             model = GenSARModel.load(info["model_dir"], info["ids_dir"], device=device, beams=cfg.beams)
@@ -273,6 +297,8 @@ def main(argv=None) -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma-separated subset of {', '.join(VARIANTS)} (empty: baselines only)")
     ap.add_argument("--baselines", default=",".join(BASELINES))
+    ap.add_argument("--train-scale", type=float, default=None,
+                    help=f"multiply every train.tasks rate (default 1, {QUICK_TRAIN_SCALE} with --quick)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="params override, e.g. --set train.epochs=3 (YAML value)")
     args = ap.parse_args(argv)
@@ -286,7 +312,8 @@ def main(argv=None) -> None:
     if unknown:
         ap.error(f"unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
     res = run(args.source, args.out, work=args.work, params_path=args.params, quick=args.quick,
-              variants=variants, baselines=[b for b in args.baselines.split(",") if b], overrides=overrides)
+              variants=variants, baselines=[b for b in args.baselines.split(",") if b], overrides=overrides,
+              train_scale=args.train_scale)
     print(to_markdown(res, res["source"], res["quick"]))
 
 
