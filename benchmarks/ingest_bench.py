@@ -72,8 +72,8 @@ def main() -> None:
           f"load average {load[0]:.1f} at the end)\n")
     print("| stage | wall s median | min | max | peak RSS MiB median | min | max |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for key in times:
-        print(f"| {key} | {summary(times[key])} | {summary(rss[key])} |")
+    for key, values in times.items():
+        print(f"| {key} | {summary(values)} | {summary(rss[key])} |")
     print("\n(total: wall times summed per run; peak RSS the larger of the two stages)\n")
     print(stats_markdown(stats))
 

@@ -3,8 +3,8 @@ import dataclasses
 import json
 
 import pytest
-
 from conftest import small_log, write_log
+
 from gensar.config import ValidateConfig
 from gensar.data.contract import DataError
 from gensar.data.synthetic import generate
@@ -21,8 +21,8 @@ def test_failed_runs_leave_previous_outputs_untouched(tmp_path, params):
     generate(data, params.data.synthetic)
     (work / "models").mkdir(parents=True)
     (work / "models" / "model.pt").write_bytes(b"weights")
-    paths = dict(out=work / "prepared/canonical", quarantine=work / "prepared/quarantine.parquet",
-                 report=work / "reports/validation.json", stats=work / "metrics/data.json")
+    paths = {"out": work / "prepared/canonical", "quarantine": work / "prepared/quarantine.parquet",
+             "report": work / "reports/validation.json", "stats": work / "metrics/data.json"}
     ingest.run(params, data, out=work / "prepared/ingested", report=work / "reports/ingest.json")
     first = validate.run(params, work / "prepared/ingested", **paths)
     before = _snapshot(work)

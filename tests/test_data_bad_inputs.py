@@ -4,8 +4,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import AMAZON_META_OK, small_log, write_lines, write_log, write_shared
+
 from gensar.config import DataConfig, QueriesConfig, ValidateConfig
 from gensar.data.contract import DataError
 from gensar.data.sources import read_source

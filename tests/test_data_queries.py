@@ -1,3 +1,5 @@
+import re
+
 import pandas as pd
 
 from gensar.config import QueriesConfig
@@ -19,8 +21,9 @@ def _inter():
 def test_query_from_path_lowercases_and_drops_stop_and_repeated_words():
     assert query_from_path(["Beauty", "Skin Care", "Care for the Skin"]) == "beauty skin care"
     assert query_from_path(["Bath & Body", "Body Wash"]) == "bath body wash"
-    assert query_id("beauty skin care") == query_id("beauty skin care") == "q" + "%016x" % int(
-        query_id("beauty skin care")[1:], 16)
+    qid = query_id("beauty skin care")
+    assert qid == query_id("beauty skin care") and re.fullmatch(r"q[0-9a-f]{16}", qid)
+    assert qid != query_id("beauty skin")
 
 
 def test_paper_mode_makes_twins_and_rec_only_items():

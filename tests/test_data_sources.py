@@ -3,8 +3,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import small_log, write_lines, write_log, write_shared
+
 from gensar.config import DataConfig, QueriesConfig
 from gensar.data.sources import detect_format, k_core, read_source
 

@@ -2,12 +2,11 @@
 import pandas as pd
 import pytest
 
-from conftest import small_log, write_log
 from gensar.config import QueriesConfig
 from gensar.data.queries import derive_events
+from gensar.data.sources import read_source
 from gensar.data.split import assign_splits, history
 from gensar.data.synthetic import generate
-from gensar.data.sources import read_source
 from gensar.data.validate import validate_tables
 
 

@@ -8,6 +8,7 @@ built by `item_text` and truncated on a word boundary.
 from __future__ import annotations
 
 import html
+import math
 import re
 
 import pandas as pd
@@ -18,7 +19,7 @@ _SPACE = re.compile(r"\s+")
 
 def clean_text(value) -> str:
     """Unescape HTML entities (repeatedly, for double-escaped text), drop tags, collapse whitespace."""
-    if value is None or (isinstance(value, float) and value != value):  # None or NaN
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, (list, tuple)):  # Amazon 2018 descriptions are lists of paragraphs
         value = " ".join(str(v) for v in value)

@@ -33,6 +33,10 @@ row is its own step (no twins); in Amazon/shared data `queries.mode` decides (se
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ITEM_COLUMNS = {
     "item_id": "string",
@@ -78,9 +82,9 @@ def examples(values, n: int = 3) -> str:
 class Tables:
     """The three canonical tables (pandas DataFrames), in memory."""
 
-    items: "pd.DataFrame"
-    interactions: "pd.DataFrame"
-    queries: "pd.DataFrame"
+    items: pd.DataFrame
+    interactions: pd.DataFrame
+    queries: pd.DataFrame
     info: dict = dataclasses.field(default_factory=dict)  # how they were made (format, counts, ...)
 
     def write(self, folder) -> None:
@@ -93,7 +97,7 @@ class Tables:
             getattr(self, name).to_parquet(folder / f"{name}.parquet", index=False)
 
     @classmethod
-    def read(cls, folder) -> "Tables":
+    def read(cls, folder) -> Tables:
         """Read the three tables from `folder`; a missing or unreadable file is a DataError naming it."""
         from pathlib import Path
 
@@ -106,6 +110,6 @@ class Tables:
                 raise DataError(f"{path}: file not found (run the previous stage first)")
             try:
                 frames[name] = pd.read_parquet(path)
-            except Exception as e:  # pyarrow raises several types for corrupt files
+            except (OSError, ValueError) as e:  # pyarrow: ArrowInvalid (a ValueError), ArrowIOError
                 raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
         return cls(**frames)

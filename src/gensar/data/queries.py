@@ -23,10 +23,10 @@ import pandas as pd
 from gensar.config import QueriesConfig
 from gensar.data.contract import DataError
 
-STOP_WORDS = frozenset("""
-a an and are as at be by for from in into is it of on or the to with without your you our
-&
-""".split())
+STOP_WORDS = frozenset([
+    "a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "in", "into", "is", "it", "of",
+    "on", "or", "the", "to", "with", "without", "your", "you", "our", "&",
+])
 _WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
 
 

@@ -255,7 +255,7 @@ def _read_table(path: Path, required) -> pd.DataFrame:
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
         else:
             df = pd.read_parquet(path)
-    except Exception as e:
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
         raise DataError(f"{path}: cannot parse the file ({type(e).__name__}: {e})") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -266,7 +266,7 @@ def _read_table(path: Path, required) -> pd.DataFrame:
 
 def _parse_categories(value, item, path: Path):
     """JSON list of paths, a list (Parquet), or 'A > B > C | D > E'."""
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, float) and np.isnan(value)):
         return []
     if isinstance(value, (list, np.ndarray)):
         return [[str(c) for c in p] for p in value]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from gensar.data.contract import Tables
 
@@ -15,12 +14,12 @@ def dataset_stats(tables: Tables) -> dict:
     steps = inter.groupby("user_id")["step"].nunique()  # history length = clicks of a user
     out = {
         "users": int(inter["user_id"].nunique()),
-        "items": int(len(tables.items)),
+        "items": len(tables.items),
         "items_interacted": int(inter["item_id"].nunique()),
-        "queries": int(len(tables.queries)),
+        "queries": len(tables.queries),
         "queries_used": int(inter["query_id"].dropna().nunique()),
-        "steps": int(len(inter[["user_id", "step"]].drop_duplicates())),
-        "events": int(len(inter)),
+        "steps": len(inter[["user_id", "step"]].drop_duplicates()),
+        "events": len(inter),
         "events_per_behavior": {b: int(n) for b, n in inter["behavior"].value_counts().sort_index().items()},
     }
     if "split" in inter:
@@ -31,8 +30,8 @@ def dataset_stats(tables: Tables) -> dict:
     out["history_length"].update(mean=round(float(steps.mean()), 3) if len(steps) else 0.0,
                                  max=int(steps.max()) if len(steps) else 0)
     has_query = inter.loc[inter["behavior"] == "search", "item_id"].unique()
-    out["items_without_search"] = int(len(np.setdiff1d(tables.items["item_id"].to_numpy(dtype=str),
-                                                       np.asarray(has_query, dtype=str))))
+    out["items_without_search"] = len(np.setdiff1d(tables.items["item_id"].to_numpy(dtype=str),
+                                                   np.asarray(has_query, dtype=str)))
     return out
 
 

@@ -48,8 +48,8 @@ TOPICS = [
     ("Toys & Games", "Building", ["Blocks", "Robotics"], "blocks building robot kit construct stem bricks creative"),
     ("Garden", "Plants", ["Seeds", "Planters"], "garden seed planter soil flower herb grow pot"),
 ]
-ADJECTIVES = "compact classic premium deluxe portable lightweight durable smart eco pro mini ultra".split()
-BRANDS = "Acme Northwind Zenith Aurora Summit Nimbus Orion Vertex Lumen Harbor Juniper Quasar".split()
+ADJECTIVES = ["compact", "classic", "premium", "deluxe", "portable", "lightweight", "durable", "smart", "eco", "pro", "mini", "ultra"]
+BRANDS = ["Acme", "Northwind", "Zenith", "Aurora", "Summit", "Nimbus", "Orion", "Vertex", "Lumen", "Harbor", "Juniper", "Quasar"]
 STAY = 0.8          # probability that the next click stays in the current interest
 SAME_LEAF = 0.5     # ... and, within it, in the previous item's leaf
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -119,7 +119,7 @@ def _jsonable(result: dict) -> dict:
             return [conv(x) for x in list(v)[:20]]
         if isinstance(v, np.generic):
             return v.item()
-        if isinstance(v, float) and v != v:
+        if isinstance(v, float) and np.isnan(v):
             return None
         return v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
     return conv(dict(result or {}))
@@ -342,5 +342,5 @@ def validate_tables(tables: Tables, cfg: ValidateConfig, files: dict[str, str] |
     canonical = Tables(items=items, interactions=inter, queries=queries, info=tables.info)
     report["canonical"] = canonical_checks(canonical)
     report["success"] = True
-    report["validated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report["validated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return canonical, quarantine, report

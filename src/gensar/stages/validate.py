@@ -30,7 +30,7 @@ def run(params: Params, ingested: str = "prepared/ingested", out: str = "prepare
     files = {name: str(Path(ingested) / f"{name}.parquet") for name in TABLES}
     canonical, bad_rows, result = validate_tables(tables, params.validate, files)
     data_stats = dataset_stats(canonical)
-    data_stats["quarantined_rows"] = int(len(bad_rows))
+    data_stats["quarantined_rows"] = len(bad_rows)
     with atomic_path(out) as tmp:
         canonical.write(tmp)
     write_parquet(bad_rows, quarantine)
