@@ -180,3 +180,13 @@ def test_too_many_bad_rows_fail_with_share_threshold_and_reasons(tmp_path, param
     assert "% of rows are bad (8 of " in msg and "validate.max_bad_row_share = 5.00%" in msg
     assert "Top reasons:" in msg and "unknown item (1)" in msg
     assert not (tmp_path / "q.parquet").exists() and not (tmp_path / "can").exists()
+
+
+def test_command_line_shows_the_message_without_traceback(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"^ingest failed: .*empty: no known input format"):
+        ingest.main(["--snapshot", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
+                     "--report", str(tmp_path / "r.json")])
+    with pytest.raises(SystemExit, match=r"^validate failed: .*items\.parquet: file not found"):
+        validate.main(["--ingested", str(tmp_path / "none"), "--out", str(tmp_path / "c")])
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r.json").exists()

@@ -11,6 +11,7 @@ import logging
 import time
 
 from gensar.config import Params, load_params
+from gensar.data.contract import DataError
 from gensar.data.sources import read_source
 from gensar.io import atomic_path, write_json
 
@@ -43,7 +44,10 @@ def main(argv=None) -> None:
     ap.add_argument("--report", default="reports/ingest.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run(load_params(args.params), args.snapshot, args.out, args.report)
+    try:
+        run(load_params(args.params), args.snapshot, args.out, args.report)
+    except DataError as e:  # a data problem: show the message, not a traceback
+        raise SystemExit(f"ingest failed: {e}") from None
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from gensar.config import Params, load_params
-from gensar.data.contract import TABLES, Tables
+from gensar.data.contract import TABLES, DataError, Tables
 from gensar.data.stats import dataset_stats
 from gensar.data.validate import validate_tables
 from gensar.io import atomic_path, write_json, write_parquet
@@ -52,7 +52,10 @@ def main(argv=None) -> None:
     ap.add_argument("--stats", default="metrics/data.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run(load_params(args.params), args.ingested, args.out, args.quarantine, args.report, args.stats)
+    try:
+        run(load_params(args.params), args.ingested, args.out, args.quarantine, args.report, args.stats)
+    except DataError as e:  # a data problem: show the message, not a traceback
+        raise SystemExit(f"validate failed: {e}") from None
 
 
 if __name__ == "__main__":
