@@ -55,7 +55,7 @@ def test_amazon_2018_json_meta_with_category_list(tmp_path):
     meta = [json.dumps({"asin": "x", "title": "X", "category": ["All Beauty", "Hair Care"],
                         "description": ["First.", "<br>Second."]}),
             json.dumps({"asin": "y", "title": "Y", "category": []})]
-    write_lines(tmp_path / "b" / "All_Beauty_5.json", reviews)
+    write_lines(tmp_path / "b" / "All_Beauty.json", reviews)  # 2018 full file name
     write_lines(tmp_path / "b" / "meta_All_Beauty.json", meta)
     t = read_source(tmp_path / "b", D, Q)
     x = t.items.set_index("item_id").loc["x"]

@@ -5,7 +5,7 @@ Three input formats (`data.format`, `auto` detects them from the file names):
   shared  `<name>.inter.json` ({user: [item, ...]} in time order) + `<name>.item.json`
           ({item: {title, categories, description, brand}}), the format of ../shared/data/.
   amazon  raw Amazon review dumps as downloaded: reviews `reviews_<Cat>_5.json.gz` (2014) or
-          `<Cat>_5.json.gz` (2018), JSON lines with reviewerID, asin, unixReviewTime; metadata
+          `<Cat>_5.json.gz` / `<Cat>.json.gz` (2018), JSON lines with reviewerID, asin, unixReviewTime; metadata
           `meta_<Cat>.json.gz`, JSON lines (2018) or Python dict literals (2014, parsed with
           `ast.literal_eval`, never `eval`). Iterative k-core filtering (`data.k_core`).
   log     a platform's own logs: `interactions.csv|parquet` (user, item, timestamp, behavior, query)
@@ -52,8 +52,9 @@ def _shared_names(folder: Path) -> list[str]:
 def _amazon_files(folder: Path) -> tuple[list[Path], list[Path]]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and re.search(r"\.json(\.gz)?$", p.name))
     meta = [p for p in files if p.name.startswith("meta_")]
+    # reviews: reviews_<Cat>_5.json.gz (2014), <Cat>_5.json.gz or the full <Cat>.json.gz (2018)
     reviews = [p for p in files if not p.name.startswith("meta_")
-               and re.search(r"(^reviews_.*|_5)\.json(\.gz)?$", p.name)]
+               and not re.search(r"\.(inter|item)\.json$", p.name)]
     return reviews, meta
 
 
@@ -236,7 +237,7 @@ def k_core(inter: pd.DataFrame, k: int) -> pd.DataFrame:
 def read_amazon(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     reviews, meta = _amazon_files(folder)
     if not reviews:
-        raise DataError(f"{folder}: no review file (reviews_<Cat>_5.json.gz or <Cat>_5.json.gz)")
+        raise DataError(f"{folder}: no review file (reviews_<Cat>_5.json.gz, <Cat>_5.json.gz or <Cat>.json.gz)")
     if not meta:
         raise DataError(f"{folder}: no metadata file (meta_<Cat>.json.gz) next to {reviews[0].name}")
     inter = pd.concat([read_reviews(p) for p in reviews], ignore_index=True)
