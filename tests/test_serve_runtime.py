@@ -25,7 +25,7 @@ def served(tmp_path_factory):
     world = tiny_world(tmp_path_factory.mktemp("serve"), n_items=150)
     out = world["root"] / "models" / "onnx"
     run(Params(), model=world["model_dir"], ids=world["ids_dir"], canonical=world["canonical"], out=out)
-    world["runtime"] = Runtime.load(out, beams=BEAMS, threads=2)
+    world["runtime"] = Runtime.load(out, beams=BEAMS)
     world["reference"] = GenSARModel(world["model"], world["tokenizer"], world["ids"], beams=BEAMS)
     return world
 
@@ -75,6 +75,17 @@ def test_topk_equals_pytorch_generate(served):
     assert got[0][0].title == served["items"].set_index("item_id").loc[got[0][0].item_id, "title"]
 
 
+def test_tokenization_equals_the_pytorch_path(served):
+    rt = served["runtime"]
+    sources = ["recommend: history: none recommend:", "search: " + " ".join(WORDS * 20) + " search:",
+               "search: history: <rec> <h0_1><h1_2><c2_3><c3_4><d4_0> query: pen search:"]
+    ids, mask = rt.encode_sources(sources)
+    ref = served["tokenizer"](sources, padding=True, truncation=True, max_length=rt.max_input_tokens,
+                              return_tensors="np")
+    assert ids.shape[1] == rt.max_input_tokens                 # the long source was truncated
+    assert np.array_equal(ids, ref["input_ids"]) and np.array_equal(mask, ref["attention_mask"])
+
+
 def test_batching_does_not_change_answers(served):
     rt = served["runtime"]
     histories, queries = _requests(served, 6, seed=1)
@@ -95,7 +106,7 @@ def test_cold_start_unknown_items_and_allowed_normalisation(served):
         rt.recommend([("rec", "nope", None)], k=5)
     # allowed-only normalisation: valid distinct items, log-probs <= 0, and the best item of each
     # request is scored at least as high as under the full softmax (a smaller normaliser)
-    allowed = Runtime.load(served["root"] / "models" / "onnx", beams=BEAMS, normalize="allowed", threads=2)
+    allowed = Runtime.load(served["root"] / "models" / "onnx", beams=BEAMS, normalize="allowed")
     histories, queries = _requests(served, 5, seed=2)
     a = allowed.search_batch(queries, histories, 10)
     f = rt.search_batch(queries, histories, 10)

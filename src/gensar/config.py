@@ -172,7 +172,8 @@ class ServeConfig:
     max_k: int = 20               # largest k a request may ask for (<= beams)
     normalize: str = "full"       # full: HF-identical scores | allowed: softmax over allowed tokens only
     provider: str = "auto"        # auto | cpu | cuda
-    threads: int = 0              # onnxruntime intra-op threads (0 = all cores)
+    threads: int = 1              # onnxruntime intra-op threads (0 = all cores); tiny models: 1 is fastest
+    spin: bool = False            # let idle onnxruntime threads spin (lower latency on a dedicated machine)
     max_batch: int = 16           # requests decoded together by the service's micro-batcher
     max_wait_ms: float = 2.0      # how long the batcher waits for more requests
     host: str = "127.0.0.1"

@@ -93,7 +93,7 @@ def _gpu_present() -> bool:
 class OnnxSeq2Seq:
     """The three graphs of an export (see gensar.export.onnx) and the output embedding."""
 
-    def __init__(self, export_dir: str | Path, provider: str = "auto", threads: int = 0):
+    def __init__(self, export_dir: str | Path, provider: str = "auto", threads: int = 1, spin: bool = False):
         import onnxruntime as ort
 
         export_dir = Path(export_dir)
@@ -104,10 +104,14 @@ class OnnxSeq2Seq:
         opts.intra_op_num_threads = threads      # 0 = onnxruntime's default (all cores)
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # spinning worker threads cut latency on an idle machine but burn cores others need on a
+        # shared one (measured here: 3x slower with 2 spinning threads under load)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.sessions = {n: ort.InferenceSession(str(export_dir / f"{n}.onnx"), opts, providers=self.providers)
                          for n in ("encoder", "decoder", "logsumexp")}
         used = self.sessions["decoder"].get_providers()
-        logger.info("runtime: onnxruntime %s, providers %s, %s threads", ort.__version__, used, threads or "all")
+        logger.info("runtime: onnxruntime %s, providers %s, %s threads%s", ort.__version__, used,
+                    threads or "all", ", spinning" if spin else "")
         self.lm_head = np.load(export_dir / "lm_head.npy")                   # [V, D] float32
         dec_inputs = self.sessions["decoder"].get_inputs()
         self.cross_names = [i.name for i in dec_inputs if i.name.startswith("cross_")]
@@ -261,7 +265,7 @@ class Runtime:
     """recommend / search on an export folder (`models/onnx`), the same API as GenSARModel."""
 
     def __init__(self, export_dir: str | Path, beams: int = 20, normalize: str = "full",
-                 provider: str = "auto", threads: int = 0):
+                 provider: str = "auto", threads: int = 1, spin: bool = False):
         from gensar.model.prompts import IdentifierMap
         from gensar.model.tokenizer import load_tokenizer
 
@@ -278,8 +282,14 @@ class Runtime:
         self.score_eos = bool(gen.get("score_eos", True))
         self.max_input_tokens = gen["max_input_tokens"]
         self.prompt_kw = dict(history_len=gen["history_len"], max_query_words=gen["max_query_words"])
-        self.model = OnnxSeq2Seq(export_dir, provider, threads)
+        self.model = OnnxSeq2Seq(export_dir, provider, threads, spin)
         self.tokenizer = load_tokenizer(export_dir / "tokenizer")
+        # the Rust tokenizer with the same truncation, encoding one source at a time: its batch
+        # encoder spreads tiny batches over a thread pool, which costs more than it saves here
+        self.backend = self.tokenizer.backend_tokenizer
+        self.backend.no_padding()
+        self.backend.enable_truncation(self.max_input_tokens)
+        self.pad_id = int(gen.get("pad_token_id", self.tokenizer.pad_token_id))
         self.ids = IdentifierMap.load(export_dir / "ids")
         import pandas as pd
 
@@ -309,10 +319,15 @@ class Runtime:
 
     # ----------------------------------------------------------------------------------------
     def encode_sources(self, sources: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Tokenize exactly like the PyTorch path (padding, truncation to max_input_tokens)."""
-        enc = self.tokenizer(list(sources), padding=True, truncation=True, max_length=self.max_input_tokens,
-                             return_tensors="np")
-        return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+        """Token ids like the PyTorch path's tokenizer call (truncation to max_input_tokens, right padding)."""
+        rows = [self.backend.encode(s).ids for s in sources]
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+            mask[i, :len(r)] = 1
+        return ids, mask
 
     def generate_items(self, sources: Sequence[str], space: str, ks: Sequence[int],
                        beams: int | None = None) -> list[list[Hit]]:
