@@ -1,7 +1,8 @@
 """The GenSAR tokenizer: word pieces for text, one token per identifier code and behavior.
 
-Trained offline with `tokenizers` (WordPiece, lowercase, accents stripped) on the corpus the model
-reads: item texts and queries. Every identifier token of the map (`<h0_12>`, `<s2_7>`, ...) and the
+Built offline with `tokenizers` (WordPiece, lowercase, accents stripped) from the corpus the model
+reads: item texts, queries and the prompt templates; the vocabulary is chosen deterministically
+(`wordpiece_vocab`), so the same data always gives the same token ids. Every identifier token of the map (`<h0_12>`, `<s2_7>`, ...) and the
 behavior tokens (`<rec>`, `<query>`, `<click>`) are added as special tokens, so each is exactly ONE
 token id and is never split or lowercased. The result is a `PreTrainedTokenizerFast` with T5's
 conventions (`<pad>` = 0 is also the decoder start, `</s>` appended to every sequence) and is saved
@@ -14,10 +15,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from gensar.model.prompts import BEHAVIOR_TOKENS, TEMPLATES
@@ -51,20 +53,49 @@ def train_tokenizer(texts: Iterable[str], id_tokens: Sequence[str], vocab_size: 
             [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
         backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         backend.decoder = decoders.WordPiece(prefix="##")
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2,
-                                            special_tokens=[PAD, EOS, UNK], show_progress=False)
-        # the prompt templates' words and punctuation are part of every input: train on them too
+        # the prompt templates' words and punctuation are part of every input: count them too
         template_text = [t.replace("{", " ").replace("}", " ") for ts in TEMPLATES.values() for t in ts] * 3
-        backend.train_from_iterator(itertools.chain((t for t in texts if t), template_text), trainer=trainer)
+        vocab = wordpiece_vocab(itertools.chain((t for t in texts if t), template_text),
+                                backend.normalizer, backend.pre_tokenizer, vocab_size)
+        backend.model = models.WordPiece(vocab=vocab, unk_token=UNK, max_input_chars_per_word=50)
         eos_id = backend.token_to_id(EOS)
         backend.post_processor = processors.TemplateProcessing(
             single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, eos_id)])
         tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, eos_token=EOS,
                                       unk_token=UNK, model_max_length=512)
-        logger.info("tokenizer: trained WordPiece with %d word pieces", backend.get_vocab_size())
+        logger.info("tokenizer: WordPiece with %d word pieces", backend.get_vocab_size())
     added = extend_tokenizer(tok, list(BEHAVIOR_TOKENS) + list(id_tokens))
     logger.info("tokenizer: %d tokens in all (%d behavior/identifier tokens added)", len(tok), added)
     return tok
+
+
+def wordpiece_vocab(texts: Iterable[str], normalizer, pre_tokenizer, vocab_size: int,
+                    max_piece: int = 12) -> dict[str, int]:
+    """A deterministic WordPiece vocabulary: special tokens, every character (word-initial and `##`
+    continuation), then the word pieces that save the most tokens.
+
+    A piece of n >= 2 characters seen inside a word of count c saves about c * (n - 1) tokens over
+    characters; pieces are ranked by that (ties by the piece itself) and the top ones kept. Greedy
+    longest-match WordPiece works with any such vocabulary. (The `tokenizers` WordPiece trainer
+    gives a different vocabulary in every process, which would break resume and reproducibility.)
+    """
+    words: Counter = Counter()
+    for text in texts:
+        for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
+            words[w] += 1
+    chars = sorted({ch for w in words for ch in w})
+    base = [PAD, EOS, UNK] + chars + [f"##{ch}" for ch in chars]
+    gain: Counter = Counter()
+    for w, c in words.items():
+        if len(w) > 50:
+            continue
+        for i in range(len(w)):
+            prefix = "##" if i else ""
+            for j in range(i + 2, min(len(w), i + max_piece) + 1):
+                gain[prefix + w[i:j]] += c * (j - i - 1)
+    ranked = sorted(gain.items(), key=lambda kv: (-kv[1], kv[0]))
+    pieces = [p for p, _ in ranked[: max(0, vocab_size - len(base))]]
+    return {tok: i for i, tok in enumerate(base + pieces)}
 
 
 def extend_tokenizer(tok: PreTrainedTokenizerFast, tokens: Sequence[str]) -> int:

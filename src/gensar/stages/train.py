@@ -1,0 +1,183 @@
+"""Stage `train`: tokenizer + multi-task T5 training with checkpoints, selection and DDP.
+
+    python -m gensar.stages.train --canonical prepared/canonical --ids models/ids --out models/t5 \
+        --metrics metrics/train.json --live dvclive/train [--init models/t5_previous]
+    torchrun --nproc_per_node 2 -m gensar.stages.train ...      (DDP; gloo on CPU, nccl on GPU)
+
+Writes into `out`: the best model (`save_pretrained` weights + config), the tokenizer, `gensar.json`
+(configs, identifier meta, data version) and `ids/` (a copy of the identifier map the model was
+trained on). Epoch checkpoints live in `out/checkpoints/` (the dvc.yaml output is `persist: true`,
+so a killed `dvc repro` resumes); a checkpoint from another configuration or data is ignored.
+`--init DIR`: warm start from a previous model (new identifier tokens get new embedding rows; the
+old rows are kept).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from gensar.config import Params, load_params, to_dict
+from gensar.io import atomic_path, write_json
+from gensar.model.examples import ExampleBuilder, eval_requests, sample_users, user_events
+from gensar.model.generate import GenSARModel
+from gensar.model.prompts import IdentifierMap
+from gensar.model.t5 import build_model, load_model, resize_vocab, save_model
+from gensar.model.tokenizer import extend_tokenizer, load_tokenizer, train_tokenizer
+from gensar.model.train import barrier, cleanup_distributed, fit, pick_device, setup_distributed
+
+logger = logging.getLogger(__name__)
+
+
+def _sha(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _file_hash(paths) -> str:
+    return _sha(*[Path(p).read_bytes() for p in paths])
+
+
+def _tokenizer(params: Params, items, queries, idmap: IdentifierMap, init, ckpt: Path, main: bool):
+    """Build (or reuse from the checkpoint dir) the tokenizer; rank 0 builds, others load."""
+    id_toks = idmap.tokens()
+    corpus = items["text"].astype(str).tolist() + queries["text"].astype(str).tolist()
+    key = _sha(corpus, id_toks, params.model.vocab_size, params.model.pretrained, str(init or ""))
+    tok_dir, key_file = ckpt / "tokenizer", ckpt / "tokenizer.key"
+    if main and not (key_file.exists() and key_file.read_text() == key):
+        if init:
+            tok = load_tokenizer(init)
+            added = extend_tokenizer(tok, id_toks)
+            logger.info("tokenizer: warm start from %s, %d new identifier tokens", init, added)
+        else:
+            tok = train_tokenizer(corpus, id_toks, params.model.vocab_size, params.model.pretrained)
+        with atomic_path(tok_dir) as tmp:
+            tok.save_pretrained(tmp)
+        key_file.write_text(key)
+    return key
+
+
+def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str | Path = "models/ids",
+        out: str | Path = "models/t5", metrics: str | Path = "metrics/train.json",
+        live: str | Path | None = "dvclive/train", init: str | Path | None = None,
+        checkpoints: str | Path | None = None) -> dict:
+    """Train GenSAR's T5 on the canonical tables and identifier map; returns the summary written to
+    `metrics` (rank 0). Under torchrun every rank calls this."""
+    t_start = time.time()
+    cfg = params.train
+    d = setup_distributed(cfg.device)
+    device = pick_device(cfg.device, d.local_rank)
+    canonical, ids, out = Path(canonical), Path(ids), Path(out)
+    ckpt = Path(checkpoints) if checkpoints else out / "checkpoints"
+    try:
+        tables = {n: canonical / f"{n}.parquet" for n in ("items", "interactions", "queries")}
+        for n, p in tables.items():
+            if not p.exists():
+                raise FileNotFoundError(f"{p}: canonical table '{n}' not found (run the validate stage)")
+        items, inter, queries = (pd.read_parquet(tables[n]) for n in ("items", "interactions", "queries"))
+        idmap = IdentifierMap.load(ids)
+        data_version = _file_hash(list(tables.values()) + [ids / "identifiers.parquet", ids / "meta.json"])
+        events = user_events(inter, queries)
+        builder = ExampleBuilder(events, items, idmap, cfg)
+        users = sample_users(events, cfg.eval_users, cfg.seed, "valid")
+        valid = eval_requests(events, "valid", users)
+
+        if d.main:
+            ckpt.mkdir(parents=True, exist_ok=True)
+        tok_key = _tokenizer(params, items, queries, idmap, init, ckpt, d.main) if d.main else None
+        barrier(d)
+        tok = load_tokenizer(ckpt / "tokenizer")
+
+        torch.manual_seed(cfg.seed)
+        if init:
+            model, _, _ = load_model(init)
+            added = resize_vocab(model, len(tok))
+            logger.info("model: warm start from %s, %d embedding rows added", init, added)
+        else:
+            model = build_model(params.model, len(tok), tok.pad_token_id, tok.eos_token_id)
+        fingerprint = _sha(to_dict(params.model), to_dict(params.train), len(tok), data_version,
+                           str(init or ""), d.world, tok_key if d.main else "")
+        if d.world > 1:  # rank 0 alone knows the tokenizer key; every rank needs the same fingerprint
+            box = [fingerprint]
+            torch.distributed.broadcast_object_list(box, src=0)
+            fingerprint = box[0]
+
+        def make_generator(m):
+            return GenSARModel(m, tok, idmap, cfg, beams=cfg.eval_beams, device=device)
+
+        summary = fit(model, tok, builder, make_generator, valid, cfg, ckpt, live, fingerprint, d, device)
+
+        result = {"best_epoch": summary["best_epoch"], "valid/ndcg@10": summary["best/ndcg@10"]}
+        if summary["history"] and summary["best_epoch"] >= 0:
+            best_row = summary["history"][summary["best_epoch"]]
+            result.update({k: v for k, v in best_row.items() if k.startswith("valid/")})
+            result["train/loss"] = best_row["train/loss"]
+        hist = summary["history"]
+        result.update({
+            "epochs_run": summary["epochs_run"], "early_stopped": summary["early_stopped"],
+            "world_size": d.world, "examples_per_epoch": builder.epoch_size(),
+            "examples_per_s": (sum(r["examples"] for r in hist) /
+                               max(1e-9, sum(r["examples"] / r["examples_per_s"] for r in hist))) if hist else 0.0,
+            "wall_seconds": round(time.time() - t_start, 2),
+            "valid_requests": len(valid), "vocab_size": len(tok), "device": str(device),
+            "epochs": hist,
+        })
+        if d.main:
+            meta = {"model": to_dict(params.model), "train": to_dict(params.train), "ids": idmap.meta,
+                    "data_version": data_version, "vocab_size": len(tok), "best_epoch": summary["best_epoch"],
+                    "init": str(init) if init else None}
+            save_model(model, tok, out, meta)
+            with atomic_path(out / "ids") as tmp:
+                tmp.mkdir()
+                for f in ("identifiers.parquet", "meta.json"):
+                    shutil.copy2(ids / f, tmp / f)
+            write_json(result, metrics)
+            logger.info("train: best epoch %d, valid ndcg@10 %.4f; model in %s (%.0f s)",
+                        result["best_epoch"], result["valid/ndcg@10"], out, result["wall_seconds"])
+        barrier(d)
+        return result
+    finally:
+        cleanup_distributed()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--canonical", default="prepared/canonical")
+    ap.add_argument("--ids", default="models/ids")
+    ap.add_argument("--out", default="models/t5")
+    ap.add_argument("--metrics", default="metrics/train.json")
+    ap.add_argument("--live", default="dvclive/train")
+    ap.add_argument("--init", default=None, help="warm start from this model directory")
+    ap.add_argument("--checkpoints", default=None, help="default: <out>/checkpoints")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a params key, e.g. --set train.epochs=2 (value parsed as YAML)")
+    args = ap.parse_args(argv)
+    import os
+
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s rank{rank} %(name)s %(levelname)s %(message)s")
+    overrides = {}
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    params = load_params(args.params, overrides)
+    result = run(params, args.canonical, args.ids, args.out, args.metrics, args.live or None, args.init,
+                 args.checkpoints)
+    if rank == "0":
+        print(json.dumps({k: v for k, v in result.items() if k != "epochs"}, default=str))
+
+
+if __name__ == "__main__":
+    main()
