@@ -24,8 +24,8 @@ from gensar.data.stats import stats_markdown
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_stage(args: list[str], env: dict) -> tuple[float, float]:
-    """Run `python -m <args>`; return (wall seconds, peak RSS in MiB) of that child alone."""
+def run_stage(args: list[str], env: dict) -> tuple[float, float, float]:
+    """Run `python -m <args>`; return (wall s, peak RSS MiB, CPU s = user + sys) of that child alone."""
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -35,7 +35,7 @@ def run_stage(args: list[str], env: dict) -> tuple[float, float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"{' '.join(args)} failed ({proc.returncode}):\n{stderr[-3000:]}")
-    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # Linux: ru_maxrss in KiB
 
 
 def summary(values: list[float]) -> str:
@@ -51,30 +51,34 @@ def main() -> None:
     env = dict(os.environ, GX_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     times: dict[str, list[float]] = {"ingest": [], "validate": [], "total": []}
     rss: dict[str, list[float]] = {"ingest": [], "validate": [], "total": []}
+    cpu: dict[str, list[float]] = {"ingest": [], "validate": [], "total": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for i in range(args.runs):
-            t_i, m_i = run_stage(["gensar.stages.ingest", "--params", args.params, "--snapshot", args.source,
+            t_i, m_i, c_i = run_stage(["gensar.stages.ingest", "--params", args.params, "--snapshot", args.source,
                                   "--out", str(work / "ingested"), "--report", str(work / "ingest.json")], env)
-            t_v, m_v = run_stage(["gensar.stages.validate", "--params", args.params,
+            t_v, m_v, c_v = run_stage(["gensar.stages.validate", "--params", args.params,
                                   "--ingested", str(work / "ingested"), "--out", str(work / "canonical"),
                                   "--quarantine", str(work / "quarantine.parquet"),
                                   "--report", str(work / "validation.json"), "--stats", str(work / "data.json")],
                                  env)
-            for key, t, m in (("ingest", t_i, m_i), ("validate", t_v, m_v), ("total", t_i + t_v, max(m_i, m_v))):
+            for key, t, m, c in (("ingest", t_i, m_i, c_i), ("validate", t_v, m_v, c_v),
+                                 ("total", t_i + t_v, max(m_i, m_v), c_i + c_v)):
                 times[key].append(t)
                 rss[key].append(m)
+                cpu[key].append(c)
             print(f"run {i + 1}/{args.runs}: ingest {t_i:.1f} s ({m_i:.0f} MiB), "
                   f"validate {t_v:.1f} s ({m_v:.0f} MiB)", file=sys.stderr)
         stats = json.loads((work / "data.json").read_text())
     load = os.getloadavg()
     print(f"## ingest + validate on `{args.source}` ({args.runs} runs, {os.cpu_count()} CPUs, "
           f"load average {load[0]:.1f} at the end)\n")
-    print("| stage | wall s median | min | max | peak RSS MiB median | min | max |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| stage | wall s median | min | max | peak RSS MiB median | min | max | CPU s median | min | max |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for key, values in times.items():
-        print(f"| {key} | {summary(values)} | {summary(rss[key])} |")
-    print("\n(total: wall times summed per run; peak RSS the larger of the two stages)\n")
+        print(f"| {key} | {summary(values)} | {summary(rss[key])} | {summary(cpu[key])} |")
+    print("\n(total: wall and CPU times summed per run; peak RSS the larger of the two stages; CPU s = "
+          "user + sys of the stage process, less sensitive to other load than wall time)\n")
     print(stats_markdown(stats))
 
 
