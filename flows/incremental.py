@@ -55,8 +55,12 @@ def previous_outputs(repo: Path, keep: Path) -> dict[str, list[str]]:
 
 @flow(name="incremental", flow_run_name=_run_name, log_prints=True)
 def incremental(batch: str, repo: str = ".", params: str = "params.yaml", name: str = "",
-                publish_model: bool = True, note: str = "") -> dict:
-    """Validate and append `batch` (a file or folder in the snapshot's format), retrain incrementally."""
+                train_epochs: int = 0, publish_model: bool = True, note: str = "") -> dict:
+    """Validate and append `batch` (a file or folder in the snapshot's format), retrain incrementally.
+
+    train_epochs: epochs of the warm-started training (0: train.epochs of params.yaml); a warm start
+    needs far fewer epochs than training from scratch.
+    """
     log = get_run_logger()
     repo_path = Path(repo).resolve()
     repo = str(repo_path)
@@ -69,6 +73,8 @@ def incremental(batch: str, repo: str = ".", params: str = "params.yaml", name: 
     keep = Path(tempfile.mkdtemp(prefix="gensar-prev-"))
     try:
         extra = previous_outputs(repo_path, keep)
+        if train_epochs > 0 and "train" in extra:
+            extra["train"] += ["--set", f"train.epochs={train_epochs}"]
         log.info("incremental: warm start from %s", {k: v[1] for k, v in extra.items()} or "nothing (first run)")
         runs = run_stages(repo, params, extra_args=extra)
     finally:
@@ -88,11 +94,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--name", default="", help="batch name (default: the file/folder name)")
     ap.add_argument("--repo", default=".")
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--train-epochs", type=int, default=0, help="warm-start epochs (0: params.yaml)")
     ap.add_argument("--no-publish", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     out = incremental(batch=args.batch, repo=args.repo, params=args.params, name=args.name,
-                      publish_model=not args.no_publish)
+                      train_epochs=args.train_epochs, publish_model=not args.no_publish)
     print(json.dumps({"stages": [(r["stage"], "skipped" if r["skipped"] else f"{r['seconds']} s")
                                  for r in out["stages"]], "published": out["published"]}, indent=1, default=str))
     return out

@@ -18,7 +18,7 @@ from prefect.cache_policies import NONE
 from prefect.logging import get_run_logger
 
 from gensar.config import load_params
-from gensar.publish import GateError, flatten_metrics, gate, read_metrics, read_version, write_published
+from gensar.publish import GateError, flatten_metrics, gate, model_metrics, read_version, write_published
 from tasks.versioning import dvc_add, dvc_push, git_version, next_version
 
 
@@ -35,9 +35,12 @@ def quality_gate(repo: str, params: str = "params.yaml") -> dict:
     log = _logger()
     repo = Path(repo)
     cfg = load_params(repo / params).gate
-    candidate = read_metrics(repo / "metrics" / "eval.json")
+    eval_path = repo / "metrics" / "eval.json"
+    if not eval_path.exists():
+        raise FileNotFoundError(f"gate: {eval_path} not found (the evaluate stage writes it)")
+    candidate = model_metrics(json.loads(eval_path.read_text()), cfg, str(eval_path))
     record = read_version(repo / "published")
-    published = flatten_metrics(record["metrics"].get("eval", {})) if record else None
+    published = model_metrics(record["metrics"].get("eval", {}), cfg, "published/version.json") if record else None
     result = gate(candidate, published, cfg, record["version"] if record else None)
     create_markdown_artifact(result.markdown(), key="quality-gate", description=result.summary())
     if not result.passed:

@@ -23,6 +23,10 @@ from prefect.logging import get_run_logger
 
 STAGE_MODULE = "gensar.stages."
 
+
+class StageError(RuntimeError):
+    """A stage's main() exited with an error status or message."""
+
 # Generous wall-clock limits (seconds) per stage on one machine; a hung stage fails the flow run.
 TIMEOUTS = {"ingest": 1800, "validate": 1800, "embed": 3 * 3600, "collab": 6 * 3600,
             "identifiers": 6 * 3600, "train": 48 * 3600, "evaluate": 6 * 3600, "export": 3600}
@@ -79,6 +83,8 @@ def dvc_commit(repo: str | Path, stage: str) -> None:
     """Record the stage's current deps and outs in dvc.lock and the DVC cache (`dvc commit -f`)."""
     with dvc_repo(repo) as r:
         r.commit(stage, force=True)
+        for out in r.stage.collect(stage)[0].outs:  # like `dvc repro`: cached outputs go to .gitignore
+            out.ignore()
 
 
 def call_stage_main(repo: str | Path, stage: str, argv: list[str]):
@@ -87,9 +93,11 @@ def call_stage_main(repo: str | Path, stage: str, argv: list[str]):
     with contextlib.chdir(repo):
         try:
             return module.main(argv)
-        except SystemExit as e:  # argparse errors and explicit exits
+        except SystemExit as e:  # argparse errors, and stages that exit with a message on bad data
+            if isinstance(e.code, str):
+                raise StageError(f"stage '{stage}': {e.code}") from None
             if e.code not in (0, None):
-                raise RuntimeError(f"stage '{stage}': `{' '.join(argv)}` exited with status {e.code}") from None
+                raise StageError(f"stage '{stage}': `{' '.join(argv)}` exited with status {e.code}") from None
             return None
 
 

@@ -77,6 +77,7 @@ def git_commit_version(repo: str | Path, version: int, message: str) -> str:
     """Commit the version files and tag the commit `model-v<version>`; returns the commit hash."""
     repo = Path(repo)
     paths = [p for p in VERSION_FILES if (repo / p).exists()]
+    paths += [p for p in _output_gitignores(repo) if p not in paths]
     git(repo, "add", "--", *paths)
     if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo).returncode == 0:
         _logger().info("git: nothing changed in %s, tagging HEAD", ", ".join(paths))
@@ -87,6 +88,22 @@ def git_commit_version(repo: str | Path, version: int, message: str) -> str:
     commit = git(repo, "rev-parse", "HEAD")
     _logger().info("git: committed %s and tagged it %s", commit[:10], tag)
     return commit
+
+
+def _output_gitignores(repo: Path) -> list[str]:
+    """The .gitignore files DVC writes beside stage outputs (e.g. prepared/.gitignore), if git tracks them."""
+    import yaml
+
+    stages = (yaml.safe_load((repo / "dvc.yaml").read_text()) or {}).get("stages", {})
+    parents = {Path(next(iter(o)) if isinstance(o, dict) else o).parent for st in stages.values()
+               for o in st.get("outs") or []}
+    found = []
+    for parent in sorted(parents):
+        f = parent / ".gitignore"
+        if str(parent) != "." and (repo / f).exists() and \
+                subprocess.run(["git", "check-ignore", "-q", str(f)], cwd=repo).returncode != 0:
+            found.append(str(f))
+    return found
 
 
 def restore_version(repo: str | Path, rev: str, pull: bool = False) -> None:

@@ -22,13 +22,14 @@ OFFICE = Path("/work/shared/data/office") if Path("/work/shared/data/office").ex
 TINY = {
     "collab": {"hidden": 16, "layers": 1, "max_len": 10, "epochs": 2, "patience": 1, "batch_size": 64,
                "device": "cpu"},
-    "ids": {"codebook_size": 16, "shared_dim": 8, "specific_dim": 8, "hidden": [32], "epochs": 5,
+    "ids": {"codebook_size": 16, "shared_dim": 16, "specific_dim": 8, "hidden": [32], "epochs": 5,
             "batch_size": 256, "sinkhorn_iters": 10, "device": "cpu"},
     "embed": {"device": "cpu"},
     "model": {"size": "custom", "d_model": 32, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1,
               "num_heads": 2, "d_kv": 16, "vocab_size": 500},
     "train": {"epochs": 1, "batch_size": 64, "eval_users": 10, "eval_beams": 4, "device": "cpu",
-              "precision": "fp32"},
+              "precision": "fp32", "history_len": 3, "max_input_tokens": 64,
+              "tasks": {"rec": 0.5, "search": 0.5, "query": 0.1, "adhoc": 0.1, "align": 0.1}},
     "evaluate": {"n_candidates": 20, "beams": 4, "max_users": 20},
 }
 
@@ -75,15 +76,20 @@ def deep_update(d: dict, u: dict) -> dict:
 
 
 def make_repo(root: Path, source: Path | str, overrides: dict | None = None,
-              stages: list[str] | None = None) -> Path:
+              stages: list[str] | None = None, project: bool = False) -> Path:
     """A fresh git + DVC copy of the pipeline in `root/repo` with its remote in `root/remote`.
 
     `source` becomes data.source; `overrides` are merged into params.yaml; `stages` keeps only those
-    dvc.yaml stages (default: all).
+    dvc.yaml stages (default: all); `project` also copies flows/, tasks/ and prefect.yaml (to deploy).
     """
     repo = root / "repo"
     repo.mkdir(parents=True)
-    shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(ROOT / "src", repo / "src", ignore=ignore)
+    if project:
+        for name in ("flows", "tasks"):
+            shutil.copytree(ROOT / name, repo / name, ignore=ignore)
+        shutil.copy2(ROOT / "prefect.yaml", repo / "prefect.yaml")
     for name in (".gitignore", ".dvcignore"):
         if (ROOT / name).exists():
             shutil.copy2(ROOT / name, repo / name)
@@ -93,7 +99,7 @@ def make_repo(root: Path, source: Path | str, overrides: dict | None = None,
         pipeline.pop("artifacts", None)
     (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params = deep_update(params, {"data": {"source": str(source)}, **(overrides or {})})
+    params = deep_update(deep_update(params, overrides or {}), {"data": {"source": str(source)}})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / "metrics").mkdir()
     (repo / "metrics" / ".gitkeep").write_text("")
@@ -123,3 +129,62 @@ def tree_hashes(folder: Path) -> dict[str, str]:
 
     return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------------------------
+# one Prefect test server and one trained tiny repository per test session, shared by modules
+# --------------------------------------------------------------------------------------------
+_SESSION: dict = {}
+
+
+def prefect_session(request):
+    """Enter `prefect_test_harness` once per pytest session (14-21 s), leave it at session end."""
+    if "harness" not in _SESSION:
+        from prefect.testing.utilities import prefect_test_harness
+
+        cm = prefect_test_harness(server_startup_timeout=120)
+        cm.__enter__()
+        _SESSION["harness"] = cm
+        request.session.config.add_cleanup(lambda: cm.__exit__(None, None, None))
+    return _SESSION["harness"]
+
+
+# tiny models are noisy: a loose gate in the tests (the failed-gate test sets its own)
+TEST_PARAMS = {**TINY, "data": {"text_max_chars": 96},
+               "evaluate": {**TINY["evaluate"], "baselines": ["popularity"]},
+               "gate": {"tolerance": 1.0}}
+
+
+def trained_repo(tmp_path_factory, n_users: int = 60) -> dict:
+    """A tiny office repo after one full `retrain` (published model-v1), built once per session.
+
+    Returns {"repo", "root", "v1": {path: hashes}, "out": the flow's result}.
+    """
+    if "trained" not in _SESSION:
+        from flows.retrain import retrain
+
+        root = tmp_path_factory.mktemp("trained")
+        full = shared_subset(OFFICE, root / "office_full" / "office", n_users)
+        base, batch = split_batch(full, root / "office_base" / "office", root / "batch" / "week1", frac=0.1)
+        repo = make_repo(root, base, TEST_PARAMS)
+        out = retrain(repo=str(repo))
+        _SESSION["trained"] = {"repo": repo, "root": root, "batch": batch, "out": out,
+                               "v1": snapshot_hashes(repo)}
+    return _SESSION["trained"]
+
+
+def snapshot_hashes(repo: Path) -> dict[str, dict[str, str]]:
+    """File hashes of what a version must restore: raw data, canonical data, identifiers, model, export."""
+    parts = ["data", "prepared/canonical", "models/ids", "models/onnx", "published"]
+    return {p: tree_hashes(repo / p) for p in parts if (repo / p).exists()}
+
+
+def incremental_done(trained: dict) -> dict:
+    """Run the incremental flow with the session's 10% batch once (model-v2); its result."""
+    if "incremental" not in _SESSION:
+        from flows.incremental import incremental
+
+        out = incremental(batch=str(trained["batch"]), repo=str(trained["repo"]))
+        _SESSION["incremental"] = out
+        trained["v2"] = snapshot_hashes(trained["repo"])
+    return _SESSION["incremental"]
