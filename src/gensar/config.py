@@ -182,7 +182,9 @@ class ServeConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    metrics: tuple[str, ...] = ("rec/ndcg@10", "search/ndcg@10")
+    """Publish a candidate only if no gate metric is worse than the published model's by > tolerance."""
+    model: str = "gensar"         # the entry of metrics/eval.json whose metrics are compared
+    metrics: tuple[str, ...] = ("rec/sampled/ndcg@10", "search/sampled/ndcg@10")
     tolerance: float = 0.01       # absolute drop allowed against the published model
 
 
