@@ -177,6 +177,9 @@ def to_markdown(results: dict, source: str, quick: bool) -> str:
     def fmt(v):
         return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
+    def fmt_params(n):
+        return "" if n is None else f"{n / 1e6:.2f}M" if n >= 1e5 else str(n)
+
     lines = [f"# Benchmark on `{source}`{' (quick preset)' if quick else ''}", "",
              f"Split `{results['split']}`, {results['n_cases']} (rec, search cases; "
              f"max_users={results['max_users']}). Same cases, candidates and metric code for every model.",
@@ -194,7 +197,8 @@ def to_markdown(results: dict, source: str, quick: bool) -> str:
             m = r.get("metrics", {})
             row = [name] + [fmt(m.get(f"rec/{protocol}/{c}")) for c in cols] + \
                   [fmt(m.get(f"search/{protocol}/{c}")) for c in cols] + \
-                  [fmt(r.get("train_seconds")), fmt(r.get("params")), fmt(r.get("mb"))]
+                  ["" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}",
+                   fmt_params(r.get("params")), "" if r.get("mb") is None else f"{r['mb']:.2f}"]
             lines.append("| " + " | ".join(row) + " |")
         if protocol == "full":
             for name, m in PUBLISHED["models"].items():
@@ -215,6 +219,11 @@ def run(source: str, out: str | Path, work: str | Path | None = None, params_pat
     """Run the whole benchmark; returns the results dict written to `<out>/benchmark.json`."""
     out = Path(out)
     work = Path(work) if work else out / "work"
+    # a private copy of params.yaml: every variant is built from the params the run started with,
+    # whatever happens to the checkout's params.yaml meanwhile
+    snapshot = work / "params.yaml"
+    write_text(Path(params_path).read_text(), snapshot)
+    params_path = str(snapshot)
     ov = {**(QUICK if quick else {}), **(overrides or {}), "data.source": str(source)}
     params = load_params(params_path, ov)
     cfg = params.evaluate
