@@ -37,15 +37,15 @@ logger = logging.getLogger(__name__)
 # Generative variants: the same training code, different params. `tasks`: what each is scored on.
 NO_TASKS = {"rec": 0.0, "search": 0.0, "query": 0.0, "adhoc": 0.0, "align": 0.0}
 VARIANTS = {
-    "tiger": {  # TIGER-style: semantic IDs only, next-item recommendation only
-        "overrides": {"ids.mode": "semantic", "train.tasks": {**NO_TASKS, "rec": 1.0}},
-        "tasks": ("rec",)},
+    "gensar-joint": {"overrides": {}, "tasks": ("rec", "search")},
     "gensar-rec": {  # GenSAR identifiers, trained on recommendation (+ item-identifier alignment)
         "overrides": {"train.tasks": {**NO_TASKS, "rec": 1.0, "align": 0.3}}, "tasks": ("rec",)},
     "gensar-search": {  # GenSAR identifiers, trained on search data only (+ alignment)
         "overrides": {"train.tasks": {**NO_TASKS, "search": 1.0, "query": 0.3, "adhoc": 0.3, "align": 0.3}},
         "tasks": ("search",)},
-    "gensar-joint": {"overrides": {}, "tasks": ("rec", "search")},
+    "tiger": {  # TIGER-style: semantic IDs only, next-item recommendation only
+        "overrides": {"ids.mode": "semantic", "train.tasks": {**NO_TASKS, "rec": 1.0}},
+        "tasks": ("rec",)},
     "gensar-semantic-ids": {  # ablation: one semantic ID serves both tasks
         "overrides": {"ids.mode": "semantic"}, "tasks": ("rec", "search")},
     "gensar-independent-ids": {  # ablation: no shared levels, independent semantic and collaborative codes
