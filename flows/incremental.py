@@ -38,7 +38,7 @@ INCREMENTAL_FLAGS = {"identifiers": ("--previous", "models/ids"), "train": ("--i
 def _run_name() -> str:
     params = flow_run.parameters or {}
     name = params.get("name") or Path(str(params.get("batch", "batch"))).stem
-    return f"incremental-{name}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+    return f"incremental-{name}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
 
 
 def previous_outputs(repo: Path, keep: Path) -> dict[str, list[str]]:

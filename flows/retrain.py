@@ -30,7 +30,7 @@ from tasks.versioning import dvc_add
 def _run_name() -> str:
     params = flow_run.parameters or {}
     repo = Path(params.get("repo", ".")).resolve().name
-    return f"retrain-{repo}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+    return f"retrain-{repo}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
 
 
 def run_stages(repo: str, params: str, extra_args: dict[str, list[str]] | None = None,

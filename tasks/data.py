@@ -11,6 +11,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from gensar.config import load_params
@@ -26,7 +27,7 @@ class InvalidBatch(ValueError):
 def _logger():
     try:
         return get_run_logger()
-    except Exception:
+    except MissingContextError:  # outside a flow run
         return logging.getLogger(__name__)
 
 
@@ -81,7 +82,7 @@ def validate_batch(repo: str, batch: str, name: str, params: str = "params.yaml"
             log.info("validate-batch: %s of snapshot + batch '%s' in %s", stage, name, scratch)
             try:
                 summaries[stage] = call_stage_main(scratch, stage, argv)
-            except Exception as e:  # the stage's message names the file/field/row
+            except Exception as e:  # noqa: BLE001 - any failure rejects the batch; the message names file/field/row
                 error = f"{stage}: {type(e).__name__}: {e}"
                 break
         report = _read_json(scratch / "reports" / "validation.json")

@@ -15,6 +15,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from gensar.config import load_params
@@ -25,7 +26,7 @@ from tasks.versioning import dvc_add, dvc_push, git_version, next_version
 def _logger():
     try:
         return get_run_logger()
-    except Exception:
+    except MissingContextError:  # outside a flow run
         return logging.getLogger(__name__)
 
 
@@ -67,13 +68,14 @@ def publish(repo: str, gate_result: dict, flow: str, run_name: str, note: str = 
     version = next_version(repo)
     extra = {"flow": flow, "flow_run": run_name, "parent_commit": _head(repo), "note": note}
     data_md5 = dvc_add(str(repo), "data") if (repo / "data").exists() else None
-    record = write_published_task(str(repo), version, gate_result, {**extra, "data_md5": data_md5})
+    write_published_task(str(repo), version, gate_result, {**extra, "data_md5": data_md5})
     published_md5 = dvc_add(str(repo), "published")
     pushed = dvc_push(str(repo))
-    eval_metrics = flatten_metrics(record["metrics"].get("eval", {}))
-    headline = ", ".join(f"{k}={v:.4f}" for k, v in list(eval_metrics.items())[:6]) or "no eval metrics"
+    rows = gate_result["result"].rows if gate_result.get("result") is not None else []
+    headline = ", ".join(f"{r.metric}={r.candidate:.4f}" + (f" (was {r.published:.4f})" if r.published is not None
+                                                          else "") for r in rows) or "no gate metrics"
     message = (f"model-v{version}: {flow} run {run_name}\n\n{gate_result.get('summary', '')}\n"
-               f"eval: {headline}\ndata md5 {data_md5}, published md5 {published_md5}\n{note}").strip()
+               f"{headline}\ndata md5 {data_md5}, published md5 {published_md5}\n{note}").strip()
     commit = git_version(str(repo), version, message)
     out = {"version": version, "tag": f"model-v{version}", "commit": commit, "pushed": pushed,
            "published_md5": published_md5, "data_md5": data_md5}

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 from prefect import task
 from prefect.cache_policies import NONE
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 STAGE_MODULE = "gensar.stages."
@@ -35,7 +36,7 @@ TIMEOUTS = {"ingest": 1800, "validate": 1800, "embed": 3 * 3600, "collab": 6 * 3
 def _logger():
     try:
         return get_run_logger()
-    except Exception:  # called outside a flow run (plain Python, tests of the helpers)
+    except MissingContextError:  # called outside a flow run (plain Python, tests of the helpers)
         return logging.getLogger(__name__)
 
 

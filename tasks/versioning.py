@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 from prefect import task
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from tasks.stages import dvc_repo
@@ -26,13 +27,13 @@ VERSION_FILES = ["dvc.lock", "data.dvc", "published.dvc", "metrics", "params.yam
 def _logger():
     try:
         return get_run_logger()
-    except Exception:
+    except MissingContextError:  # outside a flow run
         return logging.getLogger(__name__)
 
 
 def git(repo: str | Path, *args: str, check: bool = True) -> str:
     """Run git in `repo`; raise with git's own message on failure."""
-    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} (in {repo}) failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout.strip()
@@ -79,7 +80,7 @@ def git_commit_version(repo: str | Path, version: int, message: str) -> str:
     paths = [p for p in VERSION_FILES if (repo / p).exists()]
     paths += [p for p in _output_gitignores(repo) if p not in paths]
     git(repo, "add", "--", *paths)
-    if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo).returncode == 0:
+    if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo, check=False).returncode == 0:
         _logger().info("git: nothing changed in %s, tagging HEAD", ", ".join(paths))
     else:
         git(repo, *_git_identity(repo), "commit", "-q", "-m", message, "--", *paths)
@@ -101,7 +102,7 @@ def _output_gitignores(repo: Path) -> list[str]:
     for parent in sorted(parents):
         f = parent / ".gitignore"
         if str(parent) != "." and (repo / f).exists() and \
-                subprocess.run(["git", "check-ignore", "-q", str(f)], cwd=repo).returncode != 0:
+                subprocess.run(["git", "check-ignore", "-q", str(f)], cwd=repo, check=False).returncode != 0:
             found.append(str(f))
     return found
 

@@ -21,13 +21,13 @@ OFFICE = Path("/work/shared/data/office") if Path("/work/shared/data/office").ex
 # Small but real: every stage runs in seconds on 2 CPU cores.
 TINY = {
     "collab": {"hidden": 16, "layers": 1, "max_len": 10, "epochs": 2, "patience": 1, "batch_size": 64,
-               "device": "cpu"},
+               "device": "cpu", "cpu_threads": 1},
     "ids": {"codebook_size": 16, "shared_dim": 16, "specific_dim": 8, "hidden": [32], "epochs": 5,
-            "batch_size": 256, "sinkhorn_iters": 10, "device": "cpu"},
-    "embed": {"device": "cpu"},
+            "batch_size": 256, "sinkhorn_iters": 10, "device": "cpu", "cpu_threads": 1},
+    "embed": {"device": "cpu", "cpu_threads": 1},
     "model": {"size": "custom", "d_model": 32, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1,
               "num_heads": 2, "d_kv": 16, "vocab_size": 500},
-    "train": {"epochs": 1, "batch_size": 64, "eval_users": 10, "eval_beams": 4, "device": "cpu",
+    "train": {"epochs": 1, "batch_size": 64, "eval_users": 10, "eval_beams": 4, "device": "cpu", "cpu_threads": 1,
               "precision": "fp32", "history_len": 3, "max_input_tokens": 64,
               "tasks": {"rec": 0.5, "search": 0.5, "query": 0.1, "adhoc": 0.1, "align": 0.1}},
     "evaluate": {"n_candidates": 20, "beams": 4, "max_users": 20},
@@ -117,7 +117,7 @@ def make_repo(root: Path, source: Path | str, overrides: dict | None = None,
 
 
 def run(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed in {cwd}: {proc.stderr or proc.stdout}")
     return proc.stdout

@@ -9,8 +9,8 @@ import time
 
 import pytest
 import yaml
-
 from flows_support import OFFICE, incremental_done, prefect_session, snapshot_hashes, trained_repo
+
 from tasks.versioning import git, version_tags
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not OFFICE.exists(), reason="needs ../shared/data/office")]

@@ -5,8 +5,8 @@ from an incremental batch) and compares md5s of the raw snapshot, canonical tabl
 export and published/ with those recorded right after each version was published.
 """
 import pytest
-
 from flows_support import OFFICE, incremental_done, prefect_session, run, snapshot_hashes, trained_repo
+
 from tasks.versioning import git, restore_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not OFFICE.exists(), reason="needs ../shared/data/office")]
