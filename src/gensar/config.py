@@ -148,6 +148,7 @@ class TrainConfig:
     eval_beams: int = 20
     eval_users: int = 500         # validation users scored per epoch (0 = all)
     device: str = "auto"
+    cpu_threads: int = 0          # torch threads on CPU (0 = torch default); 1 on shared, busy CPUs
     seed: int = 0
 
 

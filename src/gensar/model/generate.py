@@ -53,12 +53,16 @@ class GenSARModel:
     @classmethod
     def load(cls, model_dir, ids_dir=None, device="cpu", beams: int = 30) -> GenSARModel:
         """From a saved model directory; the identifier map defaults to the one saved with it."""
+        import dataclasses
+
         from gensar.config import from_dict
         from gensar.model.t5 import load_model
 
         model, tokenizer, meta = load_model(model_dir, device)
         ids = IdentifierMap.load(ids_dir) if ids_dir else IdentifierMap.load(f"{model_dir}/ids")
-        cfg = from_dict(TrainConfig, meta.get("train", {}), "train") if meta.get("train") else None
+        known = {f.name for f in dataclasses.fields(TrainConfig)}   # tolerate fields added/removed later
+        saved = {k: v for k, v in (meta.get("train") or {}).items() if k in known}
+        cfg = from_dict(TrainConfig, saved, "train")
         return cls(model, tokenizer, ids, cfg, beams, device)
 
     # ----------------------------------------------------------------------------------------

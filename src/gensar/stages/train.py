@@ -5,8 +5,9 @@
     torchrun --nproc_per_node 2 -m gensar.stages.train ...      (DDP; gloo on CPU, nccl on GPU)
 
 Writes into `out`: the best model (`save_pretrained` weights + config), the tokenizer, `gensar.json`
-(configs, identifier meta, data version) and `ids/` (a copy of the identifier map the model was
-trained on). Epoch checkpoints live in `out/checkpoints/` (the dvc.yaml output is `persist: true`,
+(configs, identifier meta, data version), `history.json` (one row per epoch: loss, validation
+metrics, examples/s, seconds) and `ids/` (a copy of the identifier map the model was trained on).
+`metrics` gets the flat summary (best epoch and its validation metrics, throughput, wall time). Epoch checkpoints live in `out/checkpoints/` (the dvc.yaml output is `persist: true`,
 so a killed `dvc repro` resumes); a checkpoint from another configuration or data is ignored.
 `--init DIR`: warm start from a previous model (new identifier tokens get new embedding rows; the
 old rows are kept).
@@ -77,6 +78,8 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
     cfg = params.train
     d = setup_distributed(cfg.device)
     device = pick_device(cfg.device, d.local_rank)
+    if device.type == "cpu" and cfg.cpu_threads > 0:
+        torch.set_num_threads(cfg.cpu_threads)
     canonical, ids, out = Path(canonical), Path(ids), Path(out)
     ckpt = Path(checkpoints) if checkpoints else out / "checkpoints"
     try:
@@ -130,7 +133,6 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
                                max(1e-9, sum(r["examples"] / r["examples_per_s"] for r in hist))) if hist else 0.0,
             "wall_seconds": round(time.time() - t_start, 2),
             "valid_requests": len(valid), "vocab_size": len(tok), "device": str(device),
-            "epochs": hist,
         })
         if d.main:
             meta = {"model": to_dict(params.model), "train": to_dict(params.train), "ids": idmap.meta,
@@ -141,6 +143,7 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
                 tmp.mkdir()
                 for f in ("identifiers.parquet", "meta.json"):
                     shutil.copy2(ids / f, tmp / f)
+            write_json(hist, out / "history.json")        # per-epoch rows (also in DVCLive)
             write_json(result, metrics)
             logger.info("train: best epoch %d, valid ndcg@10 %.4f; model in %s (%.0f s)",
                         result["best_epoch"], result["valid/ndcg@10"], out, result["wall_seconds"])
@@ -176,7 +179,7 @@ def main(argv=None) -> None:
     result = run(params, args.canonical, args.ids, args.out, args.metrics, args.live or None, args.init,
                  args.checkpoints)
     if rank == "0":
-        print(json.dumps({k: v for k, v in result.items() if k != "epochs"}, default=str))
+        print(json.dumps(result, default=str))
 
 
 if __name__ == "__main__":
