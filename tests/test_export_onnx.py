@@ -117,7 +117,7 @@ def test_export_folder_is_self_contained(world, tmp_path):
     meta = write_export(world["model"], world["tokenizer"], world["ids_dir"], world["items"], tmp_path / "onnx",
                         gen, {"data": "d1", "identifiers": "i1", "model": "m1"})
     out = tmp_path / "onnx"
-    for name in ("encoder.onnx", "decoder.onnx", "logsumexp.onnx", "lm_head.npy", "trie.npz", "items.parquet",
+    for name in ("encoder.onnx", "decoder.onnx", "decoder_lse.onnx", "lm_head.npy", "trie.npz", "items.parquet",
                  "meta.json", "tokenizer/tokenizer.json", "ids/identifiers.parquet", "ids/meta.json"):
         assert (out / name).exists(), name
     assert json.loads((out / "meta.json").read_text()) == json.loads(json.dumps(meta))

@@ -1,7 +1,5 @@
 """Export a GenSAR T5 to ONNX: an encoder graph and a one-token decoder graph with a KV cache.
 
-Three graphs, written next to each other:
-
 encoder.onnx
     input_ids [B, S] int64, attention_mask [B, S] int64
     -> encoder_hidden_states [B, S, D]
@@ -11,22 +9,23 @@ encoder.onnx
 
 decoder.onnx   (one decoding step for R = B * N rows, N beams per request; N may be 1)
     input_ids [R] int64 (the last token of each beam), encoder_attention_mask [B, S] int64,
+    token_weight [D, V_t] (output-embedding columns of the tokens to score),
     cross_key.{i}, cross_value.{i} [B, H, S, d_kv],
     past_key.{i}, past_value.{i} [R, H, T, d_kv]        (T = 0 at the first step)
-    -> hidden [R, D]   final decoder state, already scaled by d_model**-0.5 when the model ties
-                        its embeddings, so that logits = hidden @ lm_head.T
+    -> logits [R, V_t]  hidden @ token_weight
+       hidden [R, D]    final decoder state, scaled by d_model**-0.5 when the model ties its
+                        embeddings (HF does the same before lm_head)
        present_key.{i}, present_value.{i} [R, H, T + 1, d_kv]
     The beams of one request share that request's cross K/V: the N beam queries are folded into
     the query-length axis of the cross attention instead of copying the K/V N times.
 
-logsumexp.onnx
-    hidden [R, D] -> logsumexp [R]   log-normaliser of the full-vocabulary softmax
+decoder_lse.onnx   the same step, plus logsumexp [R]: the log-normaliser of the full-vocabulary
+    softmax, which HF `generate` applies before the constraint mask (exact parity needs it).
 
-The decoder stops before the output projection on purpose: constrained decoding only needs the
-logits of the few identifier tokens the trie allows, which the runtime computes with a small
-matmul against the gathered rows of `lm_head.npy`. The full-vocabulary normaliser (what HF
-`generate` uses: log_softmax over the vocabulary, then the constraint mask) is a separate graph so
-the runtime can skip it when it renormalises over the allowed tokens only.
+Constrained decoding only needs the logits of the few identifier tokens the trie allows, so the
+runtime passes the gathered output-embedding columns of the trie's tokens at the current depth
+(~ codebook size instead of the vocabulary) and skips the [D, vocab] matmul entirely with
+`decoder.onnx` when it renormalises over the allowed tokens.
 
 The attention is written out here (T5 attention: no 1/sqrt(d) scaling, a learned relative position
 bias from the first layer shared by all layers) instead of tracing the HF modules, whose cache
@@ -132,55 +131,69 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderStepGraph(nn.Module):
-    """One decoding step for all beams: last token + caches -> final hidden state + new caches."""
+    """One decoding step for all beams: last token + caches -> logits of chosen tokens + new caches.
 
-    def __init__(self, model):
+    `token_weight` [D, V_t] holds the output-embedding columns of the only tokens whose logits
+    are needed (the trie's tokens at this depth), so the graph never does the [D, vocab] matmul
+    unless `with_logsumexp` asks for the full-vocabulary log-normaliser (max, exp, sum, log written
+    out: onnxruntime's ReduceLogSumExp is 3x slower here).
+
+    At R = 20 rows a step is a chain of tiny matmuls, so the number of graph nodes is most of the
+    cost: rows stay a flat [R, D] matrix (reshapes with constant shapes), q/k/v are one matmul, and
+    the relative position bias is a lookup in a table precomputed for every decoding distance.
+    """
+
+    def __init__(self, model, with_logsumexp: bool = False, max_steps: int = 64):
         super().__init__()
+        cfg = model.config
         self.decoder = model.get_decoder()
-        self.n_heads = model.config.num_heads
-        self.scale = model.config.d_model ** -0.5 if _scales_decoder_output(model.config) else 1.0
+        self.n_heads, self.d_kv = cfg.num_heads, cfg.d_kv
+        self.scale = cfg.d_model ** -0.5 if _scales_decoder_output(cfg) else 1.0
+        self.qkv = nn.ParameterList([
+            nn.Parameter(torch.cat([b.layer[0].SelfAttention.q.weight, b.layer[0].SelfAttention.k.weight,
+                                    b.layer[0].SelfAttention.v.weight], 0).T.contiguous())
+            for b in self.decoder.block])                                # [D, 3 * inner] per layer
+        # bias_by_distance[h, dist]: self-attention bias of a key `dist` tokens before the query
+        dist = torch.arange(max_steps)
+        attn0 = self.decoder.block[0].layer[0].SelfAttention
+        with torch.no_grad():
+            table = position_bias(attn0, dist[:1] + max_steps - 1, max_steps - 1 - dist, bidirectional=False)
+        self.register_buffer("bias_by_distance", table[0, :, 0, :].contiguous())    # [H, max_steps]
+        self.lm_head_t = nn.Parameter(model.lm_head.weight.T.contiguous()) if with_logsumexp else None
 
-    def forward(self, input_ids, encoder_attention_mask, *caches):
+    def forward(self, input_ids, encoder_attention_mask, token_weight, *caches):
         dec, n_layers = self.decoder, len(self.decoder.block)
+        h_, d_ = self.n_heads, self.d_kv
         cross, past = caches[: 2 * n_layers], caches[2 * n_layers:]
-        rows, b = input_ids.shape[0], encoder_attention_mask.shape[0]
-        x = dec.embed_tokens(input_ids)[:, None, :]                      # [R, 1, D]
+        b = encoder_attention_mask.shape[0]
+        x = dec.embed_tokens(input_ids)                                  # [R, D]
         t = past[0].shape[2]                                             # tokens already decoded
-        key_pos = torch.arange(t + 1, device=x.device)
-        self_bias = position_bias(dec.block[0].layer[0].SelfAttention, key_pos[-1:], key_pos,
-                                  bidirectional=False)                  # [1, H, 1, T+1]
+        self_bias = self.bias_by_distance[:, t - torch.arange(t + 1)][:, None, :]        # [H, 1, T+1]
         cross_mask = additive_mask(encoder_attention_mask)               # [B, 1, 1, S]
         presents = []
         for i, block in enumerate(dec.block):
             # self-attention over the cache (no causal mask needed: the one query is the newest token)
             sa = block.layer[0]
-            h = sa.layer_norm(x)
-            a = sa.SelfAttention
-            k = torch.cat([past[2 * i], split_heads(a.k(h), self.n_heads)], dim=2)    # [R, H, T+1, d]
-            v = torch.cat([past[2 * i + 1], split_heads(a.v(h), self.n_heads)], dim=2)
+            q, k, v = (sa.layer_norm(x) @ self.qkv[i]).view(-1, 3 * h_, 1, d_).chunk(3, dim=1)  # [R, H, 1, d]
+            k = torch.cat([past[2 * i], k], dim=2)                       # [R, H, T+1, d]
+            v = torch.cat([past[2 * i + 1], v], dim=2)
             presents += [k, v]
-            out = attend(split_heads(a.q(h), self.n_heads), k, v, self_bias)        # [R, H, 1, d]
-            x = x + a.o(out.transpose(1, 2).reshape(rows, 1, -1))
+            out = attend(q, k, v, self_bias)                             # [R, H, 1, d]
+            x = x + sa.SelfAttention.o(out.view(-1, h_ * d_))
             # cross-attention: the N beams of a request are N queries against its one K/V
             ca = block.layer[1]
-            h = ca.layer_norm(x)
-            q = ca.EncDecAttention.q(h).view(b, -1, self.n_heads, a.key_value_proj_dim).transpose(1, 2)
-            out = attend(q, cross[2 * i], cross[2 * i + 1], cross_mask)              # [B, H, N, d]
-            x = x + ca.EncDecAttention.o(out.transpose(1, 2).reshape(rows, 1, -1))
+            q = ca.EncDecAttention.q(ca.layer_norm(x)).view(b, -1, h_, d_).transpose(1, 2)  # [B, H, N, d]
+            out = attend(q, cross[2 * i], cross[2 * i + 1], cross_mask)  # [B, H, N, d]
+            x = x + ca.EncDecAttention.o(out.transpose(1, 2).reshape(-1, h_ * d_))
             x = block.layer[-1](x)
-        x = dec.final_layer_norm(x)[:, 0, :] * self.scale                # [R, D]
-        return (x, *presents)
-
-
-class LogSumExpGraph(nn.Module):
-    """hidden [R, D] -> log sum_v exp(hidden . lm_head[v]) over the whole vocabulary [R]."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.lm_head = model.lm_head
-
-    def forward(self, hidden):
-        return torch.logsumexp(self.lm_head(hidden).float(), dim=-1)
+        hidden = dec.final_layer_norm(x) * self.scale                    # [R, D]
+        logits = hidden @ token_weight                                   # [R, V_t]
+        if self.lm_head_t is None:
+            return (logits, hidden, *presents)
+        full = hidden @ self.lm_head_t                                   # [R, V]
+        m = full.max(dim=-1, keepdim=True).values
+        lse = (full - m).exp().sum(-1).log() + m[:, 0]                   # [R]
+        return (logits, hidden, lse, *presents)
 
 
 def _scales_decoder_output(config) -> bool:
@@ -215,7 +228,7 @@ def _dummy_inputs(model, batch: int = 2, beams: int = 3, src_len: int = 7, past_
 
 
 def export_onnx(model, out_dir: str | Path, opset: int = 17) -> dict[str, Path]:
-    """Write encoder.onnx, decoder.onnx and logsumexp.onnx for `model` into `out_dir` (checked)."""
+    """Write encoder.onnx, decoder.onnx and decoder_lse.onnx for `model` into `out_dir` (checked)."""
     import onnx
 
     out_dir = Path(out_dir)
@@ -226,7 +239,8 @@ def export_onnx(model, out_dir: str | Path, opset: int = 17) -> dict[str, Path]:
     cross_names = cache_names(n_dec, "cross_key", "cross_value")
     past_names = cache_names(n_dec, "past_key", "past_value")
     present_names = cache_names(n_dec, "present_key", "present_value")
-    paths = {name: out_dir / f"{name}.onnx" for name in ("encoder", "decoder", "logsumexp")}
+    paths = {name: out_dir / f"{name}.onnx" for name in ("encoder", "decoder", "decoder_lse")}
+    token_weight = torch.randn(model.config.d_model, 11)
 
     with torch.no_grad():
         _export(EncoderGraph(model), (ids, mask), paths["encoder"], opset,
@@ -234,17 +248,17 @@ def export_onnx(model, out_dir: str | Path, opset: int = 17) -> dict[str, Path]:
                 axes={"input_ids": {0: "batch", 1: "src"}, "attention_mask": {0: "batch", 1: "src"},
                       "encoder_hidden_states": {0: "batch", 1: "src"},
                       **{n: {0: "batch", 2: "src"} for n in cross_names}})
-        _export(DecoderStepGraph(model), (dec_ids, mask, *cross, *past), paths["decoder"], opset,
-                inputs=["input_ids", "encoder_attention_mask", *cross_names, *past_names],
-                outputs=["hidden", *present_names],
-                axes={"input_ids": {0: "rows"}, "encoder_attention_mask": {0: "batch", 1: "src"},
-                      "hidden": {0: "rows"},
-                      **{n: {0: "batch", 2: "src"} for n in cross_names},
-                      **{n: {0: "rows", 2: "past"} for n in past_names},
-                      **{n: {0: "rows", 2: "past_plus_one"} for n in present_names}})
-        hidden = torch.randn(5, model.config.d_model)
-        _export(LogSumExpGraph(model), (hidden,), paths["logsumexp"], opset,
-                inputs=["hidden"], outputs=["logsumexp"], axes={"hidden": {0: "rows"}, "logsumexp": {0: "rows"}})
+        for name, with_lse in (("decoder", False), ("decoder_lse", True)):
+            outputs = ["logits", "hidden", *(["logsumexp"] if with_lse else []), *present_names]
+            _export(DecoderStepGraph(model, with_lse), (dec_ids, mask, token_weight, *cross, *past), paths[name],
+                    opset, inputs=["input_ids", "encoder_attention_mask", "token_weight", *cross_names, *past_names],
+                    outputs=outputs,
+                    axes={"input_ids": {0: "rows"}, "encoder_attention_mask": {0: "batch", 1: "src"},
+                          "token_weight": {1: "tokens"}, "logits": {0: "rows", 1: "tokens"}, "hidden": {0: "rows"},
+                          **({"logsumexp": {0: "rows"}} if with_lse else {}),
+                          **{n: {0: "batch", 2: "src"} for n in cross_names},
+                          **{n: {0: "rows", 2: "past"} for n in past_names},
+                          **{n: {0: "rows", 2: "past_plus_one"} for n in present_names}})
     for name, path in paths.items():
         onnx.checker.check_model(str(path), full_check=True)
         logger.info("exported %s (%.1f MB), onnx.checker ok", path, path.stat().st_size / 2**20)
@@ -277,9 +291,9 @@ def quantize_int8(paths: dict[str, Path]) -> dict[str, Path]:
 def verify(model, out_dir: str | Path, batch: int = 2, beams: int = 3, src_len: int = 9) -> dict[str, float]:
     """Run the ONNX graphs and the PyTorch model on the same random inputs; max abs differences.
 
-    encoder: against `model.encoder`; decoder: two cached ONNX steps against the HF decoder on the
-    whole prefix (decoder_input_ids = start, tok) for every beam, comparing the logits at the last
-    position; logsumexp: against torch.logsumexp of the HF logits.
+    encoder: against `model.encoder`; decoder: two cached ONNX steps (scoring every token of the
+    vocabulary) against the HF model run on the whole prefix (start, tok) for every beam, comparing
+    the logits at the last position; logsumexp: against torch.logsumexp of the HF logits.
     """
     import onnxruntime as ort
 
@@ -287,14 +301,13 @@ def verify(model, out_dir: str | Path, batch: int = 2, beams: int = 3, src_len: 
     cfg = model.config
     model = model.eval().float()
     sess = {n: ort.InferenceSession(str(out_dir / f"{n}.onnx"), providers=["CPUExecutionProvider"])
-            for n in ("encoder", "decoder", "logsumexp")}
+            for n in ("encoder", "decoder", "decoder_lse")}
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(2, cfg.vocab_size, (batch, src_len), generator=g)
     mask = torch.ones(batch, src_len, dtype=torch.long)
     mask[-1, src_len // 2:] = 0
     enc = sess["encoder"].run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
     n_dec = cfg.num_decoder_layers
-    cross = enc[1:]
     start = cfg.decoder_start_token_id
     rows = batch * beams
     step_ids = [np.full(batch, start, dtype=np.int64),
@@ -302,14 +315,14 @@ def verify(model, out_dir: str | Path, batch: int = 2, beams: int = 3, src_len: 
     # step 1: one row per request, empty cache; step 2: N beams per request
     empty = np.zeros((batch, cfg.num_heads, 0, cfg.d_kv), dtype=np.float32)
     feed = {"input_ids": step_ids[0], "encoder_attention_mask": mask.numpy(),
-            **dict(zip(cache_names(n_dec, "cross_key", "cross_value"), cross)),
+            "token_weight": np.ascontiguousarray(lm_head_matrix(model).T),
+            **dict(zip(cache_names(n_dec, "cross_key", "cross_value"), enc[1:])),
             **{n: empty for n in cache_names(n_dec, "past_key", "past_value")}}
-    hidden0, *present = sess["decoder"].run(None, feed)
+    logits0, _, lse0, *present = sess["decoder_lse"].run(None, feed)
     present = [np.repeat(p, beams, axis=0) for p in present]             # every beam continues row b
     feed.update({"input_ids": step_ids[1], **dict(zip(cache_names(n_dec, "past_key", "past_value"), present))})
-    hidden1, *_ = sess["decoder"].run(None, feed)
-    w = lm_head_matrix(model)
-    lse1 = sess["logsumexp"].run(None, {"hidden": hidden1})[0]
+    logits1, _, lse1, *_ = sess["decoder_lse"].run(None, feed)
+    plain = sess["decoder"].run(None, feed)[0]
 
     with torch.no_grad():
         ref_enc = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -319,9 +332,11 @@ def verify(model, out_dir: str | Path, batch: int = 2, beams: int = 3, src_len: 
     keep = mask.bool()
     diffs = {
         "encoder": float((torch.from_numpy(enc[0]) - ref_enc)[keep].abs().max()),
-        "decoder_step1": float(np.abs(hidden0 @ w.T - ref[::beams, 0].numpy()).max()),
-        "decoder_step2": float(np.abs(hidden1 @ w.T - ref[:, 1].numpy()).max()),
-        "logsumexp": float(np.abs(lse1 - torch.logsumexp(ref[:, 1], -1).numpy()).max()),
+        "decoder_step1": float(np.abs(logits0 - ref[::beams, 0].numpy()).max()),
+        "decoder_step2": float(np.abs(logits1 - ref[:, 1].numpy()).max()),
+        "decoder_plain_vs_lse": float(np.abs(plain - logits1).max()),
+        "logsumexp": float(max(np.abs(lse0 - torch.logsumexp(ref[::beams, 0], -1).numpy()).max(),
+                               np.abs(lse1 - torch.logsumexp(ref[:, 1], -1).numpy()).max())),
     }
     logger.info("ONNX vs PyTorch max abs diff: %s", diffs)
     return diffs
@@ -355,8 +370,8 @@ def write_export(model, tokenizer, ids_dir: str | Path, items, out_dir: str | Pa
     """Write the whole serving folder into `out_dir` (a fresh directory) and return its meta.
 
     out_dir/
-        encoder.onnx decoder.onnx logsumexp.onnx   the graphs (int8 weights when `quantize`)
-        lm_head.npy        output embedding [V, D] float32 (rows gathered for allowed tokens)
+        encoder.onnx decoder.onnx decoder_lse.onnx   the graphs (int8 weights when `quantize`)
+        lm_head.npy        output embedding [V, D] float32 (columns of token_weight are gathered from it)
         tokenizer/         save_pretrained tokenizer
         ids/               identifiers.parquet + meta.json (the identifier map the model was trained on)
         trie.npz           item_ids, sid_tokens, cid_tokens: token ids of every identifier [n, L]

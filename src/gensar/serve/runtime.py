@@ -5,13 +5,14 @@ Same answers as the PyTorch path (`gensar.model.generate.GenSARModel`, HF `gener
 
 - the encoder runs once per request and also returns every decoder layer's cross-attention K/V;
 - the decoder runs one token per beam per step with a KV cache (no re-run over the prefix);
-- logits are computed only for the identifier tokens the trie can allow at this depth: the decoder
-  graph stops at the final hidden state h [R, D] and the runtime multiplies it with the gathered
-  rows W_t [V_t, D] of the output embedding (V_t ~ codebook size, not the vocabulary);
-- `normalize="full"` (default) adds the full-vocabulary log-normaliser from `logsumexp.onnx`, which
-  makes the scores exactly HF's (log_softmax over the vocabulary, then the constraint mask);
-  `normalize="allowed"` renormalises over the allowed tokens only and skips that graph: the
-  compute floor of constrained decoding, at the price of scores that differ from HF's.
+- logits are computed only for the identifier tokens the trie can allow at this depth: the runtime
+  hands the decoder graph the gathered output-embedding columns W_t [D, V_t] of those tokens
+  (V_t ~ codebook size, not the vocabulary), so a step costs R x D x V_t for the logits;
+- `normalize="full"` (default) runs `decoder_lse.onnx`, which also returns the full-vocabulary
+  log-normaliser: scores are then exactly HF's (log_softmax over the vocabulary, then the
+  constraint mask); `normalize="allowed"` renormalises over the allowed tokens only and never
+  touches the [D, vocab] matrix: the compute floor of constrained decoding, at the price of
+  scores (and sometimes rankings) that differ from HF's.
 
 Beam search (per request, N beams, identifier depth L, scores are summed log-probabilities):
 
@@ -91,7 +92,7 @@ def _gpu_present() -> bool:
 
 
 class OnnxSeq2Seq:
-    """The three graphs of an export (see gensar.export.onnx) and the output embedding."""
+    """The graphs of an export (see gensar.export.onnx) and the output embedding."""
 
     def __init__(self, export_dir: str | Path, provider: str = "auto", threads: int = 1, spin: bool = False):
         import onnxruntime as ort
@@ -108,11 +109,12 @@ class OnnxSeq2Seq:
         # shared one (measured here: 3x slower with 2 spinning threads under load)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.sessions = {n: ort.InferenceSession(str(export_dir / f"{n}.onnx"), opts, providers=self.providers)
-                         for n in ("encoder", "decoder", "logsumexp")}
+                         for n in ("encoder", "decoder", "decoder_lse")}
         used = self.sessions["decoder"].get_providers()
         logger.info("runtime: onnxruntime %s, providers %s, %s threads%s", ort.__version__, used,
                     threads or "all", ", spinning" if spin else "")
         self.lm_head = np.load(export_dir / "lm_head.npy")                   # [V, D] float32
+        self.d_model = self.lm_head.shape[1]
         dec_inputs = self.sessions["decoder"].get_inputs()
         self.cross_names = [i.name for i in dec_inputs if i.name.startswith("cross_")]
         self.past_names = [i.name for i in dec_inputs if i.name.startswith("past_")]
@@ -128,17 +130,20 @@ class OnnxSeq2Seq:
         empty = np.zeros((rows, self.n_heads, 0, self.d_kv), dtype=np.float32)
         return [empty] * len(self.past_names)
 
-    def step(self, tokens: np.ndarray, attention_mask: np.ndarray, cross: list[np.ndarray],
-             past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One decoder step for R rows: (hidden [R, D], new caches [R, H, T+1, d_kv])."""
-        feed = {"input_ids": tokens, "encoder_attention_mask": attention_mask,
-                **dict(zip(self.cross_names, cross)), **dict(zip(self.past_names, past))}
-        hidden, *present = self.sessions["decoder"].run(None, feed)
-        return hidden, present
+    def step(self, tokens: np.ndarray, attention_mask: np.ndarray, token_weight: np.ndarray,
+             cross: list[np.ndarray], past: list[np.ndarray], with_lse: bool):
+        """One decoder step for R rows.
 
-    def logsumexp(self, hidden: np.ndarray) -> np.ndarray:
-        """Full-vocabulary log-normaliser [R] of the logits hidden @ lm_head.T."""
-        return self.sessions["logsumexp"].run(None, {"hidden": hidden})[0]
+        token_weight [D, V_t]: output-embedding columns of the tokens to score. Returns
+        (logits [R, V_t], full-vocabulary logsumexp [R] or None, new caches [R, H, T+1, d_kv]).
+        """
+        feed = {"input_ids": tokens, "encoder_attention_mask": attention_mask, "token_weight": token_weight,
+                **dict(zip(self.cross_names, cross)), **dict(zip(self.past_names, past))}
+        if with_lse:
+            logits, _, lse, *present = self.sessions["decoder_lse"].run(None, feed)
+            return logits, lse, present
+        logits, _, *present = self.sessions["decoder"].run(None, feed)
+        return logits, None, present
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,7 +212,7 @@ def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.nd
                 normalize: str = "full") -> list[list[tuple[str, float]]]:
     """Best `num_beams` identifiers of `trie` for each of the B encoder inputs, best first.
 
-    level_weights[t]: lm_head rows of trie.vocab[t] [V_t, D]. eos_id: score the EOS that follows a
+    level_weights[t]: output-embedding columns of trie.vocab[t] [D, V_t]. eos_id: score the EOS that follows a
     complete identifier (as the PyTorch path does), None to skip it. Returns per request a list of
     (item_id, summed log-probability); beams that found no valid identifier are dropped.
     """
@@ -221,12 +226,12 @@ def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.nd
     score = np.zeros(b, dtype=np.float32)               # summed log-probs of each row
     per = 1                                             # rows per request (1 at step 0, then <= N)
     for t in range(trie.depth):
-        hidden, present = model.step(tokens, attention_mask, cross, past)     # [R, D]
+        logits, lse, present = model.step(tokens, attention_mask, level_weights[t], cross, past,
+                                          with_lse=normalize == "full")      # [R, V_t]
         vocab = trie.vocab[t]
-        logits = hidden @ level_weights[t].T                                  # [R, V_t]
         allowed = trie.allowed[t][node]                                       # [R, V_t]
         if normalize == "full":
-            logp = logits - model.logsumexp(hidden)[:, None]
+            logp = logits - lse[:, None]
         else:
             masked = np.where(allowed, logits, -np.inf)
             m = masked.max(axis=1, keepdims=True)
@@ -246,8 +251,9 @@ def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.nd
         per = keep
     if eos_id is not None and normalize == "full":
         # score the EOS after the identifier too: add log p(EOS | identifier)
-        hidden, _ = model.step(tokens, attention_mask, cross, past)
-        score = score + (hidden @ model.lm_head[eos_id] - model.logsumexp(hidden)).astype(np.float32)
+        eos_weight = np.ascontiguousarray(model.lm_head[[eos_id]].T)         # [D, 1]
+        logits, lse, _ = model.step(tokens, attention_mask, eos_weight, cross, past, with_lse=True)
+        score = score + (logits[:, 0] - lse).astype(np.float32)
     # (normalize="allowed": EOS is the only allowed token there, log 1 = 0)
     score = score.reshape(b, per)
     items = trie.leaf_item[node].reshape(b, per)
@@ -298,7 +304,7 @@ class Runtime:
         tries = np.load(export_dir / "trie.npz", allow_pickle=False)
         item_ids = [str(i) for i in tries["item_ids"]]
         self.tries = {space: TrieTables(tries[f"{space}_tokens"], item_ids) for space in ("sid", "cid")}
-        self.level_weights = {space: [np.ascontiguousarray(self.model.lm_head[v]) for v in trie.vocab]
+        self.level_weights = {space: [np.ascontiguousarray(self.model.lm_head[v].T) for v in trie.vocab]
                               for space, trie in self.tries.items()}
         logger.info("runtime: %s loaded: %d items, beams %d, normalize=%s", export_dir, len(item_ids),
                     beams, normalize)
