@@ -59,14 +59,14 @@ def user_timelines(interactions: pd.DataFrame, item_index: dict[str, int]) -> pd
         raise ValueError(f"interactions row {row}: item_id {df['item_id'].iloc[row]!r} is not in the items table")
     df["item"] = df["item_id"].map(item_index).astype(np.int64)
     df["is_rec"] = df["behavior"] == "rec"
+    df["is_train"] = df["split"] == "train"
     g = df.groupby(["user_id", "step"], sort=True)
     n_items_per_step = g["item"].nunique()
     if (n_items_per_step > 1).any():
         u, s = n_items_per_step[n_items_per_step > 1].index[0]
         raise ValueError(f"interactions: user {u!r} step {s} has events on different items")
     # a step is 'train' only if all of its events are train (twins share the split in paper mode)
-    out = g.agg(item=("item", "first"), is_rec=("is_rec", "any"),
-                all_train=("split", lambda s: bool((s == "train").all()))).reset_index()
+    out = g.agg(item=("item", "first"), is_rec=("is_rec", "any"), all_train=("is_train", "all")).reset_index()
     return out
 
 
