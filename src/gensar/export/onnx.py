@@ -99,35 +99,40 @@ def additive_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 # the exported graphs
 # --------------------------------------------------------------------------------------------
 class EncoderGraph(nn.Module):
-    """input_ids, attention_mask -> encoder states and every decoder layer's cross K/V."""
+    """input_ids, attention_mask -> encoder states and every decoder layer's cross K/V.
+
+    q/k/v of each encoder layer are one matmul, and so are the cross K/V of all decoder layers.
+    """
 
     def __init__(self, model):
         super().__init__()
         self.encoder = model.get_encoder()
-        self.decoder_blocks = model.get_decoder().block
-        self.n_heads = model.config.num_heads
+        self.n_heads, self.n_dec = model.config.num_heads, model.config.num_decoder_layers
+
+        def fused(*linears):
+            return nn.Parameter(torch.cat([lin.weight for lin in linears], 0).T.contiguous())
+
+        self.qkv = nn.ParameterList([fused(b.layer[0].SelfAttention.q, b.layer[0].SelfAttention.k,
+                                           b.layer[0].SelfAttention.v) for b in self.encoder.block])
+        self.cross_kv = fused(*[lin for b in model.get_decoder().block
+                                for lin in (b.layer[1].EncDecAttention.k, b.layer[1].EncDecAttention.v)])
 
     def forward(self, input_ids, attention_mask):
-        enc = self.encoder
+        enc, h_ = self.encoder, self.n_heads
         x = enc.embed_tokens(input_ids)                                  # [B, S, D]
-        s = input_ids.shape[1]
+        b, s = input_ids.shape
         pos = torch.arange(s, device=x.device)
         bias = position_bias(enc.block[0].layer[0].SelfAttention, pos, pos, bidirectional=True)
         bias = bias + additive_mask(attention_mask)                      # [B, H, S, S]
-        for block in enc.block:
+        for i, block in enumerate(enc.block):
             sa = block.layer[0]
-            h = sa.layer_norm(x)
-            a = sa.SelfAttention
-            out = attend(split_heads(a.q(h), self.n_heads), split_heads(a.k(h), self.n_heads),
-                         split_heads(a.v(h), self.n_heads), bias)        # [B, H, S, d]
-            x = x + a.o(out.transpose(1, 2).reshape(x.shape[0], s, -1))
+            q, k, v = split_heads(sa.layer_norm(x) @ self.qkv[i], 3 * h_).chunk(3, dim=1)   # [B, H, S, d]
+            out = attend(q, k, v, bias)                                  # [B, H, S, d]
+            x = x + sa.SelfAttention.o(out.transpose(1, 2).reshape(b, s, -1))
             x = block.layer[-1](x)                                       # norm + feed-forward + residual
         x = enc.final_layer_norm(x)
-        outputs = [x]
-        for block in self.decoder_blocks:
-            ca = block.layer[1].EncDecAttention
-            outputs += [split_heads(ca.k(x), self.n_heads), split_heads(ca.v(x), self.n_heads)]
-        return tuple(outputs)
+        kv = split_heads(x @ self.cross_kv, 2 * self.n_dec * h_).chunk(2 * self.n_dec, dim=1)
+        return (x, *kv)
 
 
 class DecoderStepGraph(nn.Module):
