@@ -125,7 +125,7 @@ class ExampleBuilder:
     def _count(self, task: str) -> int:
         w = float(self.cfg.tasks.get(task, 0.0))
         n = len(self.pools[task]) * (4 if task == "align" else 1)
-        return int(round(w * n))
+        return round(w * n)
 
     def epoch(self, epoch: int, seed: int = 0) -> list[Example]:
         """The examples of one epoch: a seeded draw per task, a seeded template per example."""
@@ -136,16 +136,16 @@ class ExampleBuilder:
             pool = self.pools[task]
             if w <= 0 or not pool:
                 continue
-            whole, frac = int(math.floor(w)), w - math.floor(w)
+            whole, frac = math.floor(w), w - math.floor(w)
             chosen = list(range(len(pool))) * whole
-            chosen += rng.sample(range(len(pool)), int(round(frac * len(pool))))
+            chosen += rng.sample(range(len(pool)), round(frac * len(pool)))
             for i in chosen:
                 out.extend(self._render(task, pool[i], rng))
         return out
 
     def _render(self, task: str, payload: tuple, rng: random.Random) -> list[Example]:
         c, ids = self.cfg, self.ids
-        kw = dict(history_len=c.history_len, max_query_words=c.max_query_tokens, template=None, rng=rng)
+        kw = {"history_len": c.history_len, "max_query_words": c.max_query_tokens, "template": None, "rng": rng}
         if task == "rec":
             hist, e = payload
             return [Example(task, prompts.rec_input(hist, ids, **kw), prompts.id_target(e.item_id, "cid", ids))]

@@ -117,7 +117,7 @@ class GenSARModel:
 
     # ----------------------------------------------------------------------------------------
     def _kw(self):
-        return dict(history_len=self.cfg.history_len, max_query_words=self.cfg.max_query_tokens)
+        return {"history_len": self.cfg.history_len, "max_query_words": self.cfg.max_query_tokens}
 
     def recommend_batch(self, histories: Sequence[Sequence], k: int = 10,
                         candidates: Sequence[Sequence[str]] | None = None, beams: int | None = None):

@@ -27,16 +27,16 @@ from gensar.config import ModelConfig
 logger = logging.getLogger(__name__)
 
 SIZES = {
-    "tiny": dict(d_model=128, d_ff=512, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=32),
-    "small": dict(d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8, d_kv=64),
+    "tiny": {"d_model": 128, "d_ff": 512, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4, "d_kv": 32},
+    "small": {"d_model": 512, "d_ff": 2048, "num_layers": 6, "num_decoder_layers": 6, "num_heads": 8, "d_kv": 64},
 }
 META_FILE = "gensar.json"
 
 
 def model_dims(cfg: ModelConfig) -> dict:
     if cfg.size == "custom":
-        return dict(d_model=cfg.d_model, d_ff=cfg.d_ff, num_layers=cfg.num_layers,
-                    num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads, d_kv=cfg.d_kv)
+        return {"d_model": cfg.d_model, "d_ff": cfg.d_ff, "num_layers": cfg.num_layers,
+                "num_decoder_layers": cfg.num_decoder_layers, "num_heads": cfg.num_heads, "d_kv": cfg.d_kv}
     if cfg.size not in SIZES:
         raise ValueError(f"model.size must be tiny, small or custom, got {cfg.size!r}")
     return dict(SIZES[cfg.size])
