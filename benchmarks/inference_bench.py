@@ -51,7 +51,7 @@ def build_random_tiny(root: Path, n_items: int, codebook: int, seed: int = 0) ->
         meta = json.loads(office.read_text())
         titles = [v["title"] for v in list(meta.values())[:n_items]]
     else:
-        words = "desk lamp paper pen stapler ink toner chair folder binder label tape marker".split()
+        words = ["desk", "lamp", "paper", "pen", "stapler", "ink", "toner", "chair", "folder", "binder", "label", "tape", "marker"]
         titles = [" ".join(rng.choice(words, 4)) for _ in range(n_items)]
     n_items = len(titles)
     item_ids = [str(i) for i in range(n_items)]
@@ -208,6 +208,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--parity", type=int, default=0, help="requests for the parity check (0 = skip)")
     ap.add_argument("--skip-torch-batch", action="store_true")
+    ap.add_argument("--int8", action="store_true", help="also time an int8-quantized export (export.quantize)")
     args = ap.parse_args(argv)
 
     import logging
@@ -237,6 +238,16 @@ def main(argv=None) -> None:
     ref = GenSARModel.load(model_dir, ids_dir, beams=args.beams)
     ort_full = Runtime.load(onnx_dir, beams=args.beams, normalize="full", threads=args.threads)
     ort_allowed = Runtime.load(onnx_dir, beams=args.beams, normalize="allowed", threads=args.threads)
+    onnx_engines = {"ort-full": ort_full, "ort-allowed": ort_allowed}
+    if args.int8:
+        import dataclasses
+
+        p = Params()
+        export(dataclasses.replace(p, export=dataclasses.replace(p.export, quantize=True)), model=model_dir,
+               ids=ids_dir, canonical=items_dir, out=work / "onnx_int8")
+        for norm in ("full", "allowed"):
+            onnx_engines[f"ort-{norm}-int8"] = Runtime.load(work / "onnx_int8", beams=args.beams, normalize=norm,
+                                                           threads=args.threads)
     cfg = ref.model.config
     n_need = max(args.rounds * max(int(b) for b in args.batches.split(",")), args.parity, 64)
     if (canonical / "interactions.parquet").exists():
@@ -252,13 +263,13 @@ def main(argv=None) -> None:
     if args.parity:
         reqs = requests[:args.parity]
         want = run_batch(ref, reqs, args.k)
-        for name, rt in (("full", ort_full), ("allowed", ort_allowed)):
+        for name, rt in onnx_engines.items():
             got = run_batch(rt, reqs, args.k)
             same = sum([h.item_id for h in g] == [w[0] for w in ws] for g, ws in zip(got, want))
             same_set = sum({h.item_id for h in g} == {w[0] for w in ws} for g, ws in zip(got, want))
             top1 = sum(bool(g) and bool(ws) and g[0].item_id == ws[0][0] for g, ws in zip(got, want))
             diff = max((abs(h.score - w[1]) for g, ws in zip(got, want) for h, w in zip(g, ws)), default=0.0)
-            print(f"parity ort-{name:<7} vs torch on {len(reqs)} requests: identical top-{args.k} "
+            print(f"parity {name:<16} vs torch on {len(reqs)} requests: identical top-{args.k} "
                   f"{same / len(reqs):.2%}, same top-{args.k} set {same_set / len(reqs):.2%}, "
                   f"same top-1 {top1 / len(reqs):.2%}, max |score diff| {diff:.2e}")
 
@@ -268,7 +279,7 @@ def main(argv=None) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     src_lens = [len(ort_full.encode_sources([s])[0][0]) for s in _sources(ort_full, requests[:200])]
     for batch in (int(b) for b in args.batches.split(",")):
-        engines = {"torch": ref, "ort-full": ort_full, "ort-allowed": ort_allowed}
+        engines = {"torch": ref, **onnx_engines}
         if batch > 1 and args.skip_torch_batch:
             engines.pop("torch")
         torch.set_num_threads(args.threads)
@@ -276,9 +287,9 @@ def main(argv=None) -> None:
         rate = gemm_throughput(batch * args.beams, cfg.d_model, cfg.d_ff, args.threads)
         s = float(np.mean(src_lens))
         trie = ort_full.tries["cid"]
-        floors = {name: batch * request_macs(cfg, round(s), args.beams, trie, name == "ort-full",
+        floors = {name: batch * request_macs(cfg, round(s), args.beams, trie, name.startswith("ort-full"),
                                              ort_full.score_eos) / rate * 1e3
-                  for name in ("ort-full", "ort-allowed")}
+                  for name in onnx_engines}
         base = statistics.median(times["torch"]) if "torch" in times else None
         base_cpu = statistics.median(cpu["torch"]) if "torch" in cpu else None
         for name, ts in times.items():

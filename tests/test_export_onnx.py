@@ -22,8 +22,7 @@ from gensar.config import ModelConfig, Params, TrainConfig, to_dict
 from gensar.export.onnx import export_onnx, verify
 from gensar.model.prompts import IdentifierMap
 
-WORDS = ("desk lamp paper pen stapler ink toner chair folder binder label tape marker notebook "
-         "envelope calculator clip eraser ruler scissors").split()
+WORDS = ["desk", "lamp", "paper", "pen", "stapler", "ink", "toner", "chair", "folder", "binder", "label", "tape", "marker", "notebook", "envelope", "calculator", "clip", "eraser", "ruler", "scissors"]
 
 
 def _identifiers(rng: np.random.Generator, n: int, codebook: int) -> list[list[int]]:
@@ -159,7 +158,7 @@ def test_quantized_export_is_smaller_and_close(world, tmp_path):
     params = dataclasses.replace(params, export=dataclasses.replace(params.export, quantize=True))
     run(params, model=world["model_dir"], ids=world["ids_dir"], canonical=world["canonical"], out=tmp_path / "q")
     run(Params(), model=world["model_dir"], ids=world["ids_dir"], canonical=world["canonical"], out=tmp_path / "f")
-    size = lambda d: sum((d / f"{n}.onnx").stat().st_size for n in ("encoder", "decoder"))  # noqa: E731
+    size = lambda d: sum((d / f"{n}.onnx").stat().st_size for n in ("encoder", "decoder"))
     assert size(tmp_path / "q") < 0.5 * size(tmp_path / "f")
     assert json.loads((tmp_path / "q" / "meta.json").read_text())["quantized"] is True
     # int8 weights change the numbers a little, not the graph: logits stay close to fp32

@@ -12,11 +12,11 @@ import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from test_export_onnx import WORDS, tiny_world
 
 from gensar.config import Params, ServeConfig
 from gensar.serve.app import create_app
 from gensar.serve.runtime import Runtime
-from test_export_onnx import WORDS, tiny_world
 
 CFG = ServeConfig(beams=10, max_k=10, max_batch=8, max_wait_ms=5.0)
 

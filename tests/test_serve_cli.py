@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_export_onnx import tiny_world
 
 from gensar.cli import main, parse_history
 from gensar.config import Params
-from test_export_onnx import tiny_world
 
 
 @pytest.fixture(scope="module")

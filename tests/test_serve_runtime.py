@@ -7,12 +7,12 @@ import random
 import numpy as np
 import pytest
 import torch
+from test_export_onnx import WORDS, random_events, tiny_world
 
 from gensar.config import Params
 from gensar.model.generate import GenSARModel
 from gensar.model.trie import IdentifierTrie
 from gensar.serve.runtime import Runtime, TrieTables, UnknownItemsError, choose_providers
-from test_export_onnx import WORDS, random_events, tiny_world
 
 BEAMS = 20
 
@@ -123,3 +123,40 @@ def test_providers_are_explicit():
             choose_providers("cuda")
     with pytest.raises(ValueError, match="provider"):
         choose_providers("tpu")
+
+
+def test_exhaustive_beam_search_equals_brute_force_scores(tmp_path):
+    """With as many beams as items the search is exhaustive: both normalisations must give every
+    item exactly the score computed from the PyTorch model's logits token by token."""
+    from gensar.model import prompts
+    from gensar.stages.export import run
+
+    world = tiny_world(tmp_path, n_items=30, seed=3)
+    run(Params(), model=world["model_dir"], ids=world["ids_dir"], canonical=world["canonical"], out=tmp_path / "onnx")
+    model, tok, ids = world["model"], world["tokenizer"], world["ids"]
+    history = [("rec", ids.item_ids[0], None), ("search", ids.item_ids[1], "desk lamp")]
+    source = prompts.rec_input(history, ids)
+    seqs = {i: tok.convert_tokens_to_ids(ids.cid_tokens(i)) for i in ids.item_ids}
+    trie = IdentifierTrie(list(seqs.values()), list(seqs))
+    enc = tok([source], return_tensors="pt")
+    dec = torch.tensor([[model.config.decoder_start_token_id] + s + [tok.eos_token_id] for s in seqs.values()])
+    with torch.no_grad():
+        logits = model(input_ids=enc["input_ids"].repeat(len(dec), 1),
+                       attention_mask=enc["attention_mask"].repeat(len(dec), 1),
+                       decoder_input_ids=dec[:, :-1]).logits                  # [n, L+1, V]
+    expected = {"full": {}, "allowed": {}}
+    for row, (item, seq) in enumerate(seqs.items()):
+        full = allowed = 0.0
+        for t, token in enumerate(seq + [tok.eos_token_id]):
+            lp = torch.log_softmax(logits[row, t], -1)
+            full += float(lp[token])
+            if t < len(seq):      # renormalised over the tokens the trie allows after seq[:t]
+                ok = torch.tensor(trie.allowed_after(seq[:t]))
+                allowed += float(logits[row, t, token] - torch.logsumexp(logits[row, t, ok], 0))
+        expected["full"][item], expected["allowed"][item] = full, allowed
+    for norm in ("full", "allowed"):
+        rt = Runtime.load(tmp_path / "onnx", beams=len(seqs), normalize=norm)
+        hits = rt.recommend(history, k=len(seqs))
+        assert sorted(h.item_id for h in hits) == sorted(seqs)
+        assert max(abs(h.score - expected[norm][h.item_id]) for h in hits) < 1e-4, norm
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)

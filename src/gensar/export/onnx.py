@@ -285,7 +285,7 @@ def quantize_int8(paths: dict[str, Path]) -> dict[str, Path]:
     """Dynamic int8 quantization of the weights of every graph (in place); returns the same paths."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    for name, path in paths.items():
+    for path in paths.values():
         tmp = path.with_suffix(".int8.onnx")
         quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
         tmp.replace(path)

@@ -118,7 +118,7 @@ class MicroBatcher:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             for kind in ("rec", "search"):
                 group = [r for r in batch if r[0] == kind]
@@ -138,7 +138,7 @@ class MicroBatcher:
             for r, hits in zip(group, results):
                 if not r[4].done():
                     r[4].set_result(hits)
-        except Exception as e:  # noqa: BLE001 - handed to every waiting request
+        except Exception as e:
             logger.exception("serve: a %s batch of %d failed", kind, len(group))
             for r in group:
                 if not r[4].done():

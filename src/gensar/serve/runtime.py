@@ -287,7 +287,7 @@ class Runtime:
         self.start_id, self.eos_id = gen["decoder_start_token_id"], gen["eos_token_id"]
         self.score_eos = bool(gen.get("score_eos", True))
         self.max_input_tokens = gen["max_input_tokens"]
-        self.prompt_kw = dict(history_len=gen["history_len"], max_query_words=gen["max_query_words"])
+        self.prompt_kw = {"history_len": gen["history_len"], "max_query_words": gen["max_query_words"]}
         self.model = OnnxSeq2Seq(export_dir, provider, threads, spin)
         self.tokenizer = load_tokenizer(export_dir / "tokenizer")
         # the Rust tokenizer with the same truncation, encoding one source at a time: its batch
