@@ -2,7 +2,7 @@
 
 Inputs: the trained model (`models/t5`), the identifier map (`models/ids`) and the canonical items
 (titles shown in responses). Output (`models/onnx`, replaced atomically as a whole):
-    encoder.onnx, decoder.onnx (KV cache), logsumexp.onnx, lm_head.npy, tokenizer/, ids/, trie.npz,
+    encoder.onnx, decoder.onnx + decoder_lse.onnx (KV cache), lm_head.npy, tokenizer/, ids/, trie.npz,
     items.parquet, meta.json (data / identifier / model versions, generation settings, verification)
 The fp32 graphs are checked against PyTorch (`export.tolerance`) before anything is written.
 """
