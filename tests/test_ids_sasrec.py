@@ -89,3 +89,13 @@ def test_collab_stage_writes_aligned_embeddings(tmp_path):
     assert {"test/recall@10", "test/ndcg@10", "valid/ndcg@10"} <= set(metrics) and out["n_test"] == 20
     model, ids2 = load_sasrec(tmp_path / "sasrec" / "model.pt")
     assert ids2 == ids and np.allclose(model.item_embeddings(), emb)
+
+
+def test_time_budget_stops_training_and_keeps_best():
+    items, inter = tiny_canonical(n_users=10, n_items=6, length=5)
+    index = {it: i + 1 for i, it in enumerate(items["item_id"])}
+    tl = user_timelines(inter, index)
+    cfg = CollabConfig(hidden=8, layers=1, inner=16, max_len=5, epochs=50, max_minutes=1e-9, device="cpu")
+    model, info = train_sasrec(train_sequences(tl), len(items), cfg,
+                               valid=eval_cases(inter, tl, index, "valid", cfg.max_len))
+    assert info["epochs"] == 1 and info["best_valid_ndcg@10"] is not None

@@ -88,6 +88,7 @@ class CollabConfig:
     epochs: int = 200
     patience: int = 10            # epochs without a better validation NDCG@10 before stopping
     eval_every: int = 1
+    max_minutes: float = 0.0      # stop training after this many minutes (0 = no limit); best epoch kept
     device: str = "auto"
     cpu_threads: int = 2
     seed: int = 0

@@ -293,6 +293,10 @@ def train_sasrec(seqs: list[np.ndarray], n_items: int, cfg: CollabConfig,
         if valid is not None and bad >= cfg.patience:
             logger.info("sasrec: early stop at epoch %d (best valid ndcg@10 %.4f)", epoch, best)
             break
+        if cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes:
+            logger.warning("sasrec: time budget of %.1f min spent after epoch %d: stopping (best valid ndcg@10 %.4f)",
+                           cfg.max_minutes, epoch, best)
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     info = {"epochs": len(history), "best_valid_ndcg@10": best if best >= 0 else None,
