@@ -140,4 +140,4 @@ def test_warmup_then_cosine_schedule():
     lrs = [warmup_cosine(s, warmup, total) for s in range(total)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[10] == pytest.approx(1.0) and lrs[55] == pytest.approx(0.5)
-    assert all(a >= b for a, b in itertools.pairwise(lrs)) and lrs[-1] < 0.01
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:])) and lrs[-1] < 0.01
