@@ -130,7 +130,8 @@ def main(argv=None) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     record("retrain, gate fails (tolerance -1)", retrain, repo=str(repo))
     (repo / "params.yaml").write_text(saved)
-    assert snapshot_hashes(repo)["published"] == published, "published/ changed after a failed gate"
+    if snapshot_hashes(repo)["published"] != published:
+        rows[-1] = (*rows[-1][:3], rows[-1][3] + " **published/ CHANGED**")
 
     bad = work / "bad_batch"
     bad.mkdir()
@@ -139,8 +140,10 @@ def main(argv=None) -> None:
                                                         for u in range(50)}))
     (bad / f"{name}.item.json").write_text("{}")
     before = snapshot_hashes(repo)
-    record("incremental, invalid batch", incremental, batch=str(bad), repo=str(repo))
-    assert snapshot_hashes(repo) == before, "an invalid batch changed the workspace"
+    record("incremental, invalid batch (50 new users, unknown items)", incremental, batch=str(bad),
+           repo=str(repo))
+    if snapshot_hashes(repo) != before:
+        rows[-1] = (*rows[-1][:3], rows[-1][3] + " **workspace CHANGED**")
 
     print(f"\nflows on {src} (CPU, torch threads 1), workdir {work}; overrides {json.dumps(overrides)}\n")
     print("| run | wall s | stages run | outcome |\n| --- | --- | --- | --- |")

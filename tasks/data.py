@@ -88,6 +88,8 @@ def validate_batch(repo: str, batch: str, name: str, params: str = "params.yaml"
         report = _read_json(scratch / "reports" / "validation.json")
         if error is None and isinstance(report, dict) and report.get("success") is False:
             error = "validate: the validation report says success=false"
+        if error is None:
+            error, summaries["batch_rows"] = _batch_bad_rows(repo, scratch, name, params)
         create_markdown_artifact(
             _batch_markdown(batch, name, error, report, summaries), key="batch-validation",
             description=f"validation of batch {name}")
@@ -106,6 +108,31 @@ def append_batch(repo: str, batch: str, name: str) -> str:
     target = add_batch(batch, Path(repo) / "data", name=name)
     _logger().info("add-batch: %s appended to the snapshot as %s", batch, target)
     return str(target)
+
+
+def _batch_bad_rows(repo: Path, scratch: Path, name: str, params: str) -> tuple[str | None, dict]:
+    """The validate stage bounds the share of bad rows over the whole snapshot, where a small bad batch
+    disappears; here the batch alone must stay within `validate.max_bad_row_share`: the events it added
+    to the quarantine, per interaction of the batch (paper-mode twin events make this at most 2x strict)."""
+    ingest = _read_json(scratch / "reports" / "ingest.json") or {}
+    rows = next((b.get("interactions") for b in ingest.get("batches", []) if b.get("name") == name), None)
+    after = (_read_json(scratch / "metrics" / "data.json") or {}).get("quarantined_rows")
+    before = (_read_json(repo / "metrics" / "data.json") or {}).get("quarantined_rows", 0)
+    if not rows or after is None:
+        return None, {"interactions": rows}
+    bad = max(0, int(after) - int(before))
+    limit = load_params(repo / params).validate.max_bad_row_share
+    info = {"interactions": rows, "quarantined_events": bad, "share": round(bad / rows, 4), "limit": limit}
+    if bad / rows <= limit:
+        return None, info
+    reasons = {}
+    q = scratch / "prepared" / "quarantine.parquet"
+    if q.exists():
+        import pandas as pd
+
+        reasons = pd.read_parquet(q)["reason"].value_counts().head(5).to_dict()
+    return (f"validate: {bad} events of batch '{name}' ({rows} interactions) were quarantined, "
+            f"{bad / rows:.1%} > validate.max_bad_row_share {limit:.1%}; reasons: {reasons}"), info
 
 
 def _read_json(path: Path):

@@ -60,6 +60,16 @@ def read_metrics(path: str | Path) -> dict[str, float]:
         raise ValueError(f"gate: {path} is not valid JSON ({e})") from None
 
 
+def model_metrics(eval_json: dict, cfg: GateConfig, where: str = "metrics/eval.json") -> dict[str, float]:
+    """The flattened metrics of the gated model (`gate.model`, e.g. `gensar`) in an eval.json."""
+    if not cfg.model:
+        return flatten_metrics(eval_json)
+    if cfg.model not in eval_json:
+        raise KeyError(f"gate: {where} has no entry '{cfg.model}' (params.yaml gate.model); "
+                       f"entries: {sorted(eval_json)}")
+    return flatten_metrics(eval_json[cfg.model])
+
+
 def lookup(metrics: dict[str, float], name: str) -> float | None:
     """Value of `name` in flattened metrics; `rec/ndcg@10` also matches a longer key ending in it
     (e.g. `test/rec/ndcg@10` or `candidates100/rec/ndcg@10`) when exactly one such key exists."""
@@ -104,7 +114,7 @@ class GateResult:
         if self.passed:
             return (f"quality gate passed against published v{self.published_version} "
                     f"(tolerance {self.tolerance:g})")
-        worse = "; ".join(f"{r.metric} {r.candidate:.4f} < published {r.published:.4f} - {self.tolerance:g}"
+        worse = "; ".join(f"{r.metric} {r.candidate:.4f} < published {r.published:.4f} - tolerance {self.tolerance:g}"
                           for r in self.failures)
         return (f"quality gate FAILED against published v{self.published_version}: {worse}. "
                 f"The published model v{self.published_version} stays.")
@@ -172,7 +182,7 @@ def write_published(version: int, onnx: str | Path = "models/onnx", metrics: str
         record = {
             "version": version,
             "tag": f"model-v{version}",
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "gate": asdict(gate_result) if gate_result is not None else None,
             "metrics": all_metrics,
             **(extra or {}),
