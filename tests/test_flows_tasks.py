@@ -28,3 +28,24 @@ def test_a_stage_command_that_is_not_a_gensar_stage_is_rejected(tmp_path):
         stage_argv(tmp_path, "train")
     with pytest.raises(KeyError, match="no stage 'export'"):
         stage_argv(tmp_path, "export")
+
+
+def test_a_batch_is_judged_by_its_own_share_of_quarantined_rows(tmp_path):
+    import json
+
+    from tasks.data import _batch_bad_rows
+
+    repo, scratch = tmp_path / "repo", tmp_path / "scratch"
+    for d in (repo / "metrics", scratch / "metrics", scratch / "reports"):
+        d.mkdir(parents=True)
+    (repo / "params.yaml").write_text("validate:\n  max_bad_row_share: 0.05\n")
+    (repo / "metrics" / "data.json").write_text(json.dumps({"quarantined_rows": 10}))
+    (scratch / "reports" / "ingest.json").write_text(json.dumps({"batches": [{"name": "b1", "interactions": 300}]}))
+    # 10 -> 25 quarantined: 15 of the batch's 300 interactions (5%) is still within the limit
+    (scratch / "metrics" / "data.json").write_text(json.dumps({"quarantined_rows": 25}))
+    assert _batch_bad_rows(repo, scratch, "b1", "params.yaml")[0] is None
+    # 10 -> 310: the whole batch was rejected row by row (0.3% of a large snapshot, 100% of the batch)
+    (scratch / "metrics" / "data.json").write_text(json.dumps({"quarantined_rows": 310}))
+    error, info = _batch_bad_rows(repo, scratch, "b1", "params.yaml")
+    assert "300 events of batch 'b1'" in error and "100.0% > validate.max_bad_row_share 5.0%" in error
+    assert info["share"] == 1.0
