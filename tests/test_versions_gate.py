@@ -65,3 +65,13 @@ def test_gate_section_of_params_yaml_is_typed(tmp_path):
     p = tmp_path / "params.yaml"
     p.write_text("gate:\n  metrics: [rec/ndcg@10]\n  tolerance: 0.02\n")
     assert load_params(p).gate == GateConfig(metrics=("rec/ndcg@10",), tolerance=0.02)
+
+
+def test_gate_reads_the_gated_models_entry_of_eval_json():
+    from gensar.publish import model_metrics
+
+    eval_json = {"gensar": {"rec/sampled/ndcg@10": 0.3}, "popularity": {"rec/sampled/ndcg@10": 0.1}}
+    cfg = GateConfig(model="gensar", metrics=("rec/sampled/ndcg@10",))
+    assert model_metrics(eval_json, cfg) == {"rec/sampled/ndcg@10": 0.3}
+    with pytest.raises(KeyError, match="no entry 'gensar'"):
+        model_metrics({"popularity": {}}, cfg)
