@@ -16,7 +16,6 @@ from prefect.logging import get_run_logger
 
 from gensar.config import load_params
 from gensar.data.snapshot import add_batch, make_snapshot
-from gensar.io import atomic_path
 from tasks.stages import call_stage_main, stage_argv
 
 
@@ -48,10 +47,7 @@ def snapshot(repo: str, params: str = "params.yaml", refresh: bool = True) -> di
     source = cfg.source
     if source != "synthetic" and not Path(source).is_absolute():
         cfg = type(cfg)(**{**cfg.__dict__, "source": str((repo / source).resolve())})
-    with atomic_path(data) as tmp:
-        make_snapshot(cfg, tmp)
-        if (data / "batches").is_dir():
-            shutil.copytree(data / "batches", tmp / "batches")
+    make_snapshot(cfg, data, keep_batches=True)
     n_batches = len(list((data / "batches").iterdir())) if (data / "batches").is_dir() else 0
     log.info("snapshot: %s refreshed from %s (%d incremental batches kept)", data, source, n_batches)
     return {"refreshed": True, "source": source, "batches": n_batches}

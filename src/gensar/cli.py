@@ -3,6 +3,8 @@
     gensar recommend --history ITEM [ITEM ...] [--k 10]        next items for a history of clicks
     gensar search "desk lamp" [--history ITEM ...] [--k 10]    items for a query
     gensar serve [--host 127.0.0.1] [--port 8000]               the HTTP service (uvicorn)
+    gensar snapshot [--source PATH]                            (re)make the raw snapshot data/
+    gensar add-batch PATH [--name NAME]                        append a new batch to data/batches/
 
 All three use the exported model (`--model models/onnx`, onnxruntime). A history item may be
 `ITEM` (a recommendation click) or `ITEM=some query` (a search for "some query" that clicked ITEM).
@@ -83,6 +85,28 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_snapshot(args) -> int:
+    import dataclasses
+
+    from gensar.data.snapshot import make_snapshot
+
+    cfg = load_params(args.params).data
+    if args.source:
+        cfg = dataclasses.replace(cfg, source=args.source)
+    out = make_snapshot(cfg, args.out)
+    print(f"snapshot of '{cfg.source}' in {out}/; version it with `dvc add {out}` (the flows do this)")
+    return 0
+
+
+def cmd_add_batch(args) -> int:
+    from gensar.data.snapshot import add_batch
+
+    target = add_batch(args.batch, args.out, args.name)
+    print(f"batch added as {target}; the incremental flow validates a batch before it adds it: "
+          "`python -m flows.incremental --batch PATH`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gensar", description="GenSAR: generative search and recommendation")
     ap.add_argument("--params", default="params.yaml", help="params file (serve section)")
@@ -108,6 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="default: serve.host")
     p.add_argument("--port", type=int, default=None, help="default: serve.port")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("snapshot", help="(re)make the raw snapshot from data.source")
+    p.add_argument("--source", default=None, help="default: data.source of the params file")
+    p.add_argument("--out", default="data")
+    p.set_defaults(func=cmd_snapshot)
+
+    p = sub.add_parser("add-batch", help="append an incremental batch to the snapshot (no validation)")
+    p.add_argument("batch")
+    p.add_argument("--name", default=None)
+    p.add_argument("--out", default="data")
+    p.set_defaults(func=cmd_add_batch)
     return ap
 
 

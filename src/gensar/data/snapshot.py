@@ -17,9 +17,14 @@ from gensar.io import atomic_path
 log = logging.getLogger(__name__)
 
 
-def make_snapshot(cfg: DataConfig, out: str | Path = "data") -> Path:
-    """Write the raw snapshot for `cfg.source` into `out` (replacing it as a whole)."""
+def make_snapshot(cfg: DataConfig, out: str | Path = "data", keep_batches: bool = True) -> Path:
+    """Write the raw snapshot for `cfg.source` into `out` (replacing it as a whole).
+
+    Incremental batches already appended to `out/batches/` are carried over unless `keep_batches`
+    is false, so refreshing the base source never drops data that arrived since.
+    """
     out = Path(out)
+    old_batches = out / "batches"
     with atomic_path(out) as tmp:
         if cfg.source == "synthetic":
             from gensar.data.synthetic import generate
@@ -38,6 +43,10 @@ def make_snapshot(cfg: DataConfig, out: str | Path = "data") -> Path:
             else:
                 tmp.mkdir()
                 shutil.copy2(src, tmp / src.name)
+        if keep_batches and old_batches.is_dir():
+            shutil.rmtree(tmp / "batches", ignore_errors=True)
+            shutil.copytree(old_batches, tmp / "batches")
+            log.info("snapshot: kept %d incremental batches", len(list(old_batches.iterdir())))
     return out
 
 
