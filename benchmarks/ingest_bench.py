@@ -5,7 +5,7 @@ the dataset statistics table of the last run. Peak RSS is the child's own `ru_ma
 so each stage is measured alone, including Python start-up and imports (GX alone takes ~2.5 s).
 
     python benchmarks/ingest_bench.py                       # ../shared/data/beauty, 3 runs
-    python benchmarks/ingest_bench.py --source /work/shared/data/office --runs 1
+    python benchmarks/ingest_bench.py --source ../shared/data/office --runs 1
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def summary(values: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--source", default="/work/shared/data/beauty")
+    ap.add_argument("--source", default="../shared/data/beauty")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     args = ap.parse_args()

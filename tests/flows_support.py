@@ -7,6 +7,7 @@ remote, next to the test's temporary files.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -15,8 +16,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-OFFICE = Path("/work/shared/data/office") if Path("/work/shared/data/office").exists() \
-    else ROOT.parent / "shared" / "data" / "office"
+OFFICE = Path(os.environ.get("GENSAR_OFFICE", ROOT.parent / "shared" / "data" / "office"))
 
 # Small but real: every stage runs in seconds on 2 CPU cores.
 TINY = {

@@ -18,9 +18,17 @@ import pandas as pd
 import torch
 
 from gensar.config import Params, load_params, to_dict
-from gensar.ids.sasrec import (eval_cases, evaluate_full_ranking, resolve_device, save_sasrec, train_sasrec,
-                               train_sequences, user_timelines)
+from gensar.ids.sasrec import (
+    eval_cases,
+    evaluate_full_ranking,
+    resolve_device,
+    save_sasrec,
+    train_sasrec,
+    train_sequences,
+    user_timelines,
+)
 from gensar.io import atomic_path, write_json
+from gensar.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +51,8 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", out: str |
     test = eval_cases(inter, tl, item_index, "test", cfg.max_len)
     model, info = train_sasrec(seqs, len(item_ids), cfg, valid=valid if len(valid[1]) else None)
     device = next(model.parameters()).device
-    result = {"n_items": len(item_ids), "n_train_sequences": len(seqs), "n_valid": int(len(valid[1])),
-              "n_test": int(len(test[1])), "epochs": info["epochs"],
+    result = {"n_items": len(item_ids), "n_train_sequences": len(seqs), "n_valid": len(valid[1]),
+              "n_test": len(test[1]), "epochs": info["epochs"],
               "train_seconds": round(info["train_seconds"], 1)}
     result.update({f"valid/{k}": v for k, v in evaluate_full_ranking(model, *valid, device=device).items()})
     result.update({f"test/{k}": v for k, v in evaluate_full_ranking(model, *test, device=device).items()})
@@ -52,24 +60,25 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", out: str |
 
     with atomic_path(out / "model.pt") as tmp:
         save_sasrec(model, tmp, item_ids, extra={"params": to_dict(cfg)})
-    with atomic_path(out / "collab.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, model.item_embeddings())
+    with atomic_path(out / "collab.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, model.item_embeddings())
     write_json(item_ids, out / "item_ids.json")
     write_json(result, metrics)
     logger.info("collab: %s", result)
     return {**result, "out": str(out), "metrics": str(metrics)}
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--canonical", default="prepared/canonical")
     ap.add_argument("--out", default="models/sasrec")
     ap.add_argument("--metrics", default="metrics/sasrec.json")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    print(run(load_params(args.params), canonical=args.canonical, out=args.out, metrics=args.metrics))
+    setup_logging()
+    summary = run(load_params(args.params), canonical=args.canonical, out=args.out, metrics=args.metrics)
+    print(summary)
+    return summary
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import torch
 from gensar.config import Params, load_params
 from gensar.ids.embed import embed_items
 from gensar.io import atomic_path, write_json
+from gensar.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +35,8 @@ def run(params: Params, canonical: str | Path = "prepared/canonical",
     t0 = time.perf_counter()
     item_ids, vecs = embed_items(items, params.embed, cache_dir=out / "cache")
     seconds = time.perf_counter() - t0
-    with atomic_path(out / "semantic.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, vecs)
+    with atomic_path(out / "semantic.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, vecs)
     write_json(item_ids, out / "item_ids.json")
     summary = {"n_items": len(item_ids), "dim": int(vecs.shape[1]), "encoded": embed_items.last_encoded,
                "seconds": round(seconds, 2), "out": str(out)}
@@ -44,14 +44,16 @@ def run(params: Params, canonical: str | Path = "prepared/canonical",
     return summary
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--canonical", default="prepared/canonical")
     ap.add_argument("--out", default="models/embeddings")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    print(run(load_params(args.params), canonical=args.canonical, out=args.out))
+    setup_logging()
+    summary = run(load_params(args.params), canonical=args.canonical, out=args.out)
+    print(summary)
+    return summary
 
 
 if __name__ == "__main__":

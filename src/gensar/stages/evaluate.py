@@ -21,6 +21,7 @@ from gensar.eval.baselines import GenSARRanker, build_baselines
 from gensar.eval.candidates import ensure_candidates
 from gensar.eval.evaluate import EvalData, evaluate_model
 from gensar.io import write_json
+from gensar.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", model: str
     return {"out": str(out), "metrics": metrics, "details": details, "n_cases": len(cases)}
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--canonical", default="prepared/canonical")
@@ -103,12 +104,13 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="metrics/eval.json")
     ap.add_argument("--report", default=None, help="optional JSON with case counts and timings")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     summary = run(load_params(args.params), canonical=args.canonical, model=args.model, ids=args.ids,
                   sasrec=args.sasrec, candidates=args.candidates, out=args.out,
                   embeddings=args.embeddings, report=args.report)
     for name, m in summary["metrics"].items():
         print(name, {k: round(v, 4) for k, v in m.items()})
+    return summary
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import torch
 from gensar.config import Params, load_params
 from gensar.export.onnx import file_version, write_export
 from gensar.io import atomic_path
+from gensar.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def run(params: Params, model: str | Path = "models/t5", ids: str | Path = "mode
     return summary
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--model", default="models/t5")
@@ -71,8 +72,10 @@ def main(argv=None) -> None:
     ap.add_argument("--canonical", default="prepared/canonical")
     ap.add_argument("--out", default="models/onnx")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    print(run(load_params(args.params), model=args.model, ids=args.ids, canonical=args.canonical, out=args.out))
+    setup_logging()
+    summary = run(load_params(args.params), model=args.model, ids=args.ids, canonical=args.canonical, out=args.out)
+    print(summary)
+    return summary
 
 
 if __name__ == "__main__":

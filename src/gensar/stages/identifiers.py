@@ -29,6 +29,7 @@ from gensar.config import IdsConfig, Params, from_dict, load_params, to_dict
 from gensar.ids.assign import assign_identifiers, assign_incremental, collision_stats
 from gensar.ids.rqvae import IdentifierModel, level_stats, train_rqvae
 from gensar.io import atomic_path, write_json, write_parquet
+from gensar.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def run(params: Params, embeddings: str | Path = "models/embeddings", collab: st
     x_c = load_aligned(collab, "collab.npy", item_ids)
 
     if previous is None:
-        model, info = train_rqvae(x_s, x_c, cfg)
+        model, _ = train_rqvae(x_s, x_c, cfg)
         ids, stats = build(model, x_s, x_c, cfg)
         sid, cid = ids["sid"], ids["cid"]
         n_new = len(item_ids)
@@ -115,7 +116,7 @@ def run(params: Params, embeddings: str | Path = "models/embeddings", collab: st
         sid = np.array([old_sid[it] for it in item_ids])
         cid = np.array([old_cid[it] for it in item_ids])
         stats = {"levels": level_stats(model, model.encode(x_s, x_c)[0])}
-        info, n_new = {"history": []}, len(new_rows)
+        n_new = len(new_rows)
         logger.info("incremental: %d existing identifiers kept, %d new items assigned", len(item_ids) - n_new, n_new)
 
     # --- checks and outputs ---
@@ -152,7 +153,7 @@ def run(params: Params, embeddings: str | Path = "models/embeddings", collab: st
     return {**result, "out": str(out), "metrics": str(metrics)}
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--embeddings", default="models/embeddings")
@@ -162,9 +163,11 @@ def main(argv=None) -> None:
     ap.add_argument("--metrics", default="metrics/ids.json")
     ap.add_argument("--previous", default=None, help="existing models/ids folder: incremental assignment")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    print(run(load_params(args.params), embeddings=args.embeddings, collab=args.collab, canonical=args.canonical,
-              out=args.out, metrics=args.metrics, previous=args.previous))
+    setup_logging()
+    summary = run(load_params(args.params), embeddings=args.embeddings, collab=args.collab, canonical=args.canonical,
+              out=args.out, metrics=args.metrics, previous=args.previous)
+    print(summary)
+    return summary
 
 
 if __name__ == "__main__":

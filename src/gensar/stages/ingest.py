@@ -14,6 +14,7 @@ from gensar.config import Params, load_params
 from gensar.data.contract import DataError
 from gensar.data.sources import read_source
 from gensar.io import atomic_path, write_json
+from gensar.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +37,16 @@ def run(params: Params, snapshot: str = "data", out: str = "prepared/ingested",
     return summary
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--snapshot", default="data")
     ap.add_argument("--out", default="prepared/ingested")
     ap.add_argument("--report", default="reports/ingest.json")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     try:
-        run(load_params(args.params), args.snapshot, args.out, args.report)
+        return run(load_params(args.params), args.snapshot, args.out, args.report)
     except DataError as e:  # a data problem: show the message, not a traceback
         raise SystemExit(f"ingest failed: {e}") from None
 

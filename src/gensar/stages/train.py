@@ -28,6 +28,7 @@ import yaml
 
 from gensar.config import Params, load_params, to_dict
 from gensar.io import atomic_path, write_json
+from gensar.logs import FORMAT, setup_logging
 from gensar.model.examples import ExampleBuilder, eval_requests, sample_users, user_events
 from gensar.model.generate import GenSARModel
 from gensar.model.prompts import IdentifierMap
@@ -153,7 +154,7 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
         cleanup_distributed()
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--canonical", default="prepared/canonical")
@@ -169,8 +170,9 @@ def main(argv=None) -> None:
     import os
 
     rank = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.INFO,
-                        format=f"%(asctime)s rank{rank} %(name)s %(levelname)s %(message)s")
+    setup_logging()
+    for handler in logging.getLogger().handlers:  # tell DDP ranks apart
+        handler.setFormatter(logging.Formatter(FORMAT.replace("%(name)s", f"rank{rank} %(name)s")))
     overrides = {}
     for kv in args.set:
         key, _, value = kv.partition("=")
@@ -180,6 +182,7 @@ def main(argv=None) -> None:
                  args.checkpoints)
     if rank == "0":
         print(json.dumps(result, default=str))
+    return result
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from gensar.data.contract import TABLES, DataError, Tables
 from gensar.data.stats import dataset_stats
 from gensar.data.validate import validate_tables
 from gensar.io import atomic_path, write_json, write_parquet
+from gensar.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def run(params: Params, ingested: str = "prepared/ingested", out: str = "prepare
     return data_stats
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--ingested", default="prepared/ingested")
@@ -51,9 +52,9 @@ def main(argv=None) -> None:
     ap.add_argument("--report", default="reports/validation.json")
     ap.add_argument("--stats", default="metrics/data.json")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     try:
-        run(load_params(args.params), args.ingested, args.out, args.quarantine, args.report, args.stats)
+        return run(load_params(args.params), args.ingested, args.out, args.quarantine, args.report, args.stats)
     except DataError as e:  # a data problem: show the message, not a traceback
         raise SystemExit(f"validate failed: {e}") from None
 

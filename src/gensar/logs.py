@@ -1,0 +1,14 @@
+"""Logging for the stage and CLI entry points: our own INFO lines, third-party chatter only from WARNING."""
+from __future__ import annotations
+
+import logging
+
+FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+NOISY = ("great_expectations", "httpx", "httpcore", "urllib3", "filelock", "fsspec", "asyncio",
+         "sentence_transformers", "transformers", "torch.distributed")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format=FORMAT)
+    for name in NOISY:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
