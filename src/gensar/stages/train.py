@@ -171,8 +171,9 @@ def main(argv=None) -> dict:
 
     rank = os.environ.get("RANK", "0")
     setup_logging()
-    for handler in logging.getLogger().handlers:  # tell DDP ranks apart
-        handler.setFormatter(logging.Formatter(FORMAT.replace("%(name)s", f"rank{rank} %(name)s")))
+    if "WORLD_SIZE" in os.environ:  # under torchrun: tell the ranks apart
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter(FORMAT.replace("%(name)s", f"rank{rank} %(name)s")))
     overrides = {}
     for kv in args.set:
         key, _, value = kv.partition("=")
