@@ -19,7 +19,7 @@ import pandas as pd
 from gensar.config import Params, load_params
 from gensar.eval.baselines import GenSARRanker, build_baselines
 from gensar.eval.candidates import ensure_candidates
-from gensar.eval.evaluate import EvalData, evaluate_model
+from gensar.eval.evaluate import evaluate_model, load_eval_data
 from gensar.io import write_json
 from gensar.logs import setup_logging
 
@@ -60,17 +60,9 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", model: str
     items = pd.read_parquet(canonical / "items.parquet")
     inter = pd.read_parquet(canonical / "interactions.parquet")
     queries = pd.read_parquet(canonical / "queries.parquet")
-    cands = ensure_candidates(inter, items, queries, candidates, n=cfg.n_candidates, seed=cfg.seed)
-
-    cases = cands[cands["split"] == cfg.split].reset_index(drop=True)
-    if cfg.max_users and cases["user_id"].nunique() > cfg.max_users:
-        import numpy as np
-
-        users = np.sort(cases["user_id"].unique())
-        keep = set(np.random.default_rng(cfg.seed).choice(users, size=cfg.max_users, replace=False))
-        cases = cases[cases["user_id"].isin(keep)].reset_index(drop=True)
-    data = EvalData(items["item_id"].tolist(), items["text"].tolist(),
-                    dict(zip(queries["query_id"], queries["text"])), cases)
+    ensure_candidates(inter, items, queries, candidates, n=cfg.n_candidates, seed=cfg.seed)
+    data = load_eval_data(str(canonical), str(candidates), cfg.split, cfg.max_users, cfg.seed)
+    cases = data.cases
 
     device = resolve_device(cfg.device)
     rankers = list(models or [])
