@@ -244,7 +244,7 @@ def run(source: str, out: str | Path, work: str | Path | None = None, params_pat
     cases = data.cases
     results["n_cases"] = {t: int((cases["behavior"] == t).sum()) for t in ("rec", "search")}
 
-    from gensar.stages.evaluate import resolve_device
+    from gensar.device import resolve_device
 
     device = resolve_device(cfg.device)
     sasrec_metrics = work / "metrics/sasrec.json"

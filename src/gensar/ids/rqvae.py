@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gensar.config import IdsConfig
+from gensar.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ def train_rqvae(x_s: np.ndarray, x_c: np.ndarray, cfg: IdsConfig, log_every: int
     if len(x_s) != len(x_c):
         raise ValueError(f"semantic embeddings have {len(x_s)} rows, collaborative {len(x_c)}")
     torch.manual_seed(cfg.seed)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device = resolve_device(cfg.device)
     model = IdentifierModel(x_s.shape[1], x_c.shape[1], cfg).to(device)
     xs_raw = torch.as_tensor(x_s, dtype=torch.float32, device=device)
     xc_raw = torch.as_tensor(x_c, dtype=torch.float32, device=device)

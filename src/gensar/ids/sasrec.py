@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gensar.config import CollabConfig
+from gensar.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -234,10 +234,6 @@ def evaluate_full_ranking(model: SASRec, hist: np.ndarray, targets: np.ndarray, 
 # --------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------
-def resolve_device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 def train_sasrec(seqs: list[np.ndarray], n_items: int, cfg: CollabConfig,
                  valid: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[SASRec, dict]:
     """Train on `seqs` (train timelines) with full-softmax CE; early stopping on valid NDCG@10.

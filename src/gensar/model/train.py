@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from gensar.config import TrainConfig
+from gensar.device import resolve_device
 from gensar.model.examples import Example, ExampleBuilder, Request
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,7 @@ class Dist:
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    name = resolve_device(name)
     if name == "cuda":
         return torch.device(f"cuda:{local_rank}")
     return torch.device(name)

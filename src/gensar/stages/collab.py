@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from gensar.config import Params, load_params, to_dict
+from gensar.device import resolve_device, set_cpu_threads
 from gensar.ids.sasrec import (
     eval_cases,
     evaluate_full_ranking,
-    resolve_device,
     save_sasrec,
     train_sasrec,
     train_sequences,
@@ -37,8 +36,7 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", out: str |
         metrics: str | Path = "metrics/sasrec.json") -> dict:
     cfg = params.collab
     canonical, out = Path(canonical), Path(out)
-    if resolve_device(cfg.device) == "cpu":
-        torch.set_num_threads(cfg.cpu_threads)
+    set_cpu_threads(resolve_device(cfg.device), cfg.cpu_threads)
     t0 = time.perf_counter()
     items = pd.read_parquet(canonical / "items.parquet", columns=["item_id"])
     inter = pd.read_parquet(canonical / "interactions.parquet",

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from gensar.config import Params, load_params
+from gensar.device import resolve_device
 from gensar.eval.baselines import GenSARRanker, build_baselines
 from gensar.eval.candidates import ensure_candidates
 from gensar.eval.evaluate import evaluate_model, load_eval_data
@@ -24,14 +25,6 @@ from gensar.io import write_json
 from gensar.logs import setup_logging
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_gensar(model_dir: str | Path, ids_dir: str | Path, beams: int, device: str):
