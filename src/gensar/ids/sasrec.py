@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from gensar.config import CollabConfig
 from gensar.device import resolve_device
+from gensar.eval.metrics import hit_at, ndcg_at
 
 logger = logging.getLogger(__name__)
 
@@ -200,13 +201,13 @@ class SASRec(nn.Module):
 # metrics (full ranking over all items)
 # --------------------------------------------------------------------------------------------
 def full_ranking_metrics(ranks: np.ndarray, ks=(5, 10)) -> dict[str, float]:
-    """ranks: 1-based rank of each target among all items -> Recall@k and NDCG@k (one relevant item)."""
+    """ranks: 1-based rank of each target among all items -> Recall@k and NDCG@k (one relevant item),
+    computed by the evaluation module's metric functions (the same code scores every model)."""
+    ranks = np.asarray(ranks)
     out = {}
-    ranks = np.asarray(ranks, dtype=np.float64)
     for k in ks:
-        hit = ranks <= k
-        out[f"recall@{k}"] = float(hit.mean()) if len(ranks) else 0.0
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean()) if len(ranks) else 0.0
+        out[f"recall@{k}"] = float(hit_at(ranks, k).mean()) if len(ranks) else 0.0
+        out[f"ndcg@{k}"] = float(ndcg_at(ranks, k).mean()) if len(ranks) else 0.0
     return out
 
 

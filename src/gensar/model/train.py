@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from gensar.config import TrainConfig
 from gensar.device import resolve_device
+from gensar.eval.metrics import hit_at, ndcg_at, target_ranks
 from gensar.model.examples import Example, ExampleBuilder, Request
 
 logger = logging.getLogger(__name__)
@@ -158,33 +159,26 @@ def n_length_batches(n: int, batch_size: int, world: int = 1, window: int = 32) 
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
-def ndcg_at(rank: int | None, k: int) -> float:
-    """NDCG@k of one relevant item found at 0-based `rank` (None = not retrieved)."""
-    return 1.0 / math.log2(rank + 2) if rank is not None and rank < k else 0.0
-
-
 def validate(gm, requests: list[Request], k: int = 10, beams: int = 20, batch: int = 16,
              show: bool = True) -> dict[str, float]:
-    """Full-ranking NDCG@k and Recall@k of rec and search requests; `ndcg@k` is their mean."""
+    """Full-ranking NDCG@k and Recall@k of rec and search requests (metric code of gensar.eval.metrics);
+    `ndcg@k` is their mean."""
     out: dict[str, float] = {}
     for behavior in ("rec", "search"):
         reqs = [r for r in requests if r.behavior == behavior]
         if not reqs:
             continue
-        ndcg = hits = 0.0
+        ranked = []
         for i in tqdm(range(0, len(reqs), batch), desc=f"valid {behavior}", disable=not show, leave=False):
             chunk = reqs[i:i + batch]
             if behavior == "rec":
-                ranked = gm.recommend_batch([r.history for r in chunk], k, beams=beams)
+                hits = gm.recommend_batch([r.history for r in chunk], k, beams=beams)
             else:
-                ranked = gm.search_batch([r.query for r in chunk], [r.history for r in chunk], k, beams=beams)
-            for r, items in zip(chunk, ranked):
-                ids = [it for it, _ in items]
-                pos = ids.index(r.target) if r.target in ids else None
-                ndcg += ndcg_at(pos, k)
-                hits += float(pos is not None and pos < k)
-        out[f"{behavior}/ndcg@{k}"] = ndcg / len(reqs)
-        out[f"{behavior}/recall@{k}"] = hits / len(reqs)
+                hits = gm.search_batch([r.query for r in chunk], [r.history for r in chunk], k, beams=beams)
+            ranked += [[item for item, _ in items] for items in hits]
+        ranks = target_ranks(ranked, [r.target for r in reqs])           # 1-based, 0 = not in the top k
+        out[f"{behavior}/ndcg@{k}"] = float(ndcg_at(ranks, k).mean())
+        out[f"{behavior}/recall@{k}"] = float(hit_at(ranks, k).mean())
     parts = [out[f"{b}/ndcg@{k}"] for b in ("rec", "search") if f"{b}/ndcg@{k}" in out]
     out[f"ndcg@{k}"] = sum(parts) / len(parts) if parts else 0.0
     return out
