@@ -1,11 +1,18 @@
-"""Training throughput (examples/s) of the GenSAR T5 per model size, on real GenSAR examples.
+"""Training throughput (examples/s) of the GenSAR T5 per model size and batching, on real GenSAR examples.
 
     python benchmarks/train_throughput.py --canonical prepared/canonical --ids models/ids \
         --sizes tiny small --batch 64 --steps 5 [--threads 2] [--device cpu]
 
-For each size: the examples of epoch 0 (same tokenizer, prompts and task mix as training), a few
-AdamW steps after one warm-up step, examples/s and seconds per step, plus the latency of one
-constrained beam-search request (beam 20, batch 1). Prints a markdown table; `--json` writes it too.
+For each size: `steps * batch` random examples of epoch 0 (same tokenizer, prompts and task mix as
+training), cut into batches two ways, each timed over the same examples after one warm-up step:
+
+    random     batches in random order, each padded to its longest input (DataLoader shuffle)
+    bucketed   the same examples sorted by length first (what the trainer's `length_batches` does
+               within each window of 32 batches)
+
+and printed side by side: real-token share of the padded inputs, examples/s, seconds per step and the
+speed-up of bucketed over random; plus the latency of one constrained beam-search request (beam 20,
+batch 1). Prints a markdown table; `--json` writes it too.
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import argparse
 import json
 import time
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -25,15 +33,30 @@ from gensar.model.tokenizer import train_tokenizer
 from gensar.model.train import Collate, autocast_dtype, pick_device
 
 
-def bench(size: str, tok, builder, cfg: TrainConfig, ids, requests, batch: int, steps: int, device):
+def make_batches(examples, collate, batch: int, steps: int, bucketed: bool, seed: int = 0):
+    """One warm-up batch + `steps` batches of the same `steps * batch` random examples."""
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(examples), size=(steps + 1) * batch, replace=False)
+    warm, timed = pick[:batch], pick[batch:]
+    if bucketed:
+        timed = timed[np.argsort([len(examples[i].source) for i in timed], kind="stable")]
+    chunks = [timed[i * batch:(i + 1) * batch] for i in range(steps)]
+    order = rng.permutation(steps)                         # batches in random order either way
+    return [collate([examples[i] for i in warm])] + [collate([examples[i] for i in chunks[j]]) for j in order]
+
+
+def bench(size: str, tok, builder, cfg: TrainConfig, ids, requests, batch: int, steps: int, device,
+          bucketed: bool = False, latency: bool = True):
     torch.manual_seed(0)
     model = build_model(ModelConfig(size=size), len(tok), tok.pad_token_id, tok.eos_token_id).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     amp = autocast_dtype("auto", device)
     examples = builder.epoch(0, 0)
     collate = Collate(tok, cfg.max_input_tokens, cfg.max_query_tokens * 2 + 8)
-    batches = [collate(examples[i * batch:(i + 1) * batch]) for i in range(steps + 1)]
-    in_tokens = sum(int(b["attention_mask"].sum()) for b in batches) / ((steps + 1) * batch)
+    batches = make_batches(examples, collate, batch, steps, bucketed)
+    real = sum(int(b["attention_mask"].sum()) for b in batches[1:])
+    padded = sum(b["attention_mask"].numel() for b in batches[1:])
+    in_tokens = real / (steps * batch)
     model.train()
     t0 = 0.0
     for i, b in enumerate(batches):
@@ -50,6 +73,12 @@ def bench(size: str, tok, builder, cfg: TrainConfig, ids, requests, batch: int, 
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
+    row = {"size": size, "batching": "bucketed" if bucketed else "random",
+           "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2), "batch": batch,
+           "input_tokens": round(in_tokens, 1), "real_token_share": round(real / padded, 3), "steps": steps,
+           "examples_per_s": round(steps * batch / dt, 1), "s_per_step": round(dt / steps, 3)}
+    if not latency:
+        return row
     gm = GenSARModel(model.eval(), tok, ids, cfg, beams=20, device=device)
     r = requests[0]
     gm.recommend(r.history, k=10)                       # warm-up
@@ -57,10 +86,7 @@ def bench(size: str, tok, builder, cfg: TrainConfig, ids, requests, batch: int, 
     for r in requests[:5]:
         gm.recommend(r.history, k=10)
     gen_ms = (time.perf_counter() - t1) / min(5, len(requests)) * 1000
-    return {"size": size, "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-            "batch": batch, "input_tokens": round(in_tokens, 1), "steps": steps,
-            "examples_per_s": round(steps * batch / dt, 1), "s_per_step": round(dt / steps, 3),
-            "beam20_ms": round(gen_ms, 1), "device": str(device)}
+    return {**row, "beam20_ms": round(gen_ms, 1), "device": str(device)}
 
 
 def main(argv=None) -> None:
@@ -86,12 +112,20 @@ def main(argv=None) -> None:
     tok = train_tokenizer(items["text"].tolist() + queries["text"].tolist(), ids.tokens(), 8000)
     requests = eval_requests(events, "valid", sorted(events)[:20])
     requests = [r for r in requests if r.behavior == "rec"]
-    rows = [bench(s, tok, builder, cfg, ids, requests, args.batch, args.steps, device) for s in args.sizes]
+    rows = []
+    for size in args.sizes:
+        base = bench(size, tok, builder, cfg, ids, requests, args.batch, args.steps, device, bucketed=False)
+        buck = bench(size, tok, builder, cfg, ids, requests, args.batch, args.steps, device, bucketed=True,
+                     latency=False)
+        base["speedup"] = 1.0
+        buck.update(speedup=round(buck["examples_per_s"] / base["examples_per_s"], 2),
+                    beam20_ms=base["beam20_ms"], device=base["device"])
+        rows += [base, buck]
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
