@@ -47,14 +47,17 @@ def test_trie_tables_agree_with_identifier_trie():
     for seq, name in zip(seqs[:40], names[:40]):
         node, ref = np.zeros(1, dtype=np.int64), 0
         for t, tok in enumerate(seq):
-            allowed = tables.vocab[t][tables.allowed[t][node[0]]]
+            allowed = tables.vocab[t][tables.allowed(t, node[0])]
             assert allowed.tolist() == trie.allowed(ref).tolist()
             node = tables.child(t, node, np.searchsorted(tables.vocab[t], [tok]))
             ref = trie.step(ref, tok)
         assert tables.leaf_item[node[0]] == name
     # a token the node does not allow leads to the dead node, which allows nothing
-    dead = tables.child(0, np.zeros(1, dtype=np.int64), np.array([len(tables.vocab[0])]))
-    assert dead[0] == tables.dead(1) and not tables.allowed[1][dead[0]].any()
+    nodes, banned = np.nonzero(~tables.allowed(2, np.arange(tables.n_nodes[2])))     # (node, token) pairs not in the trie
+    assert len(nodes) > 0
+    dead = tables.child(2, nodes[:1], banned[:1])
+    assert dead[0] == tables.dead(3) and tables.leaf_item[dead[0]] is None
+    assert not tables.allowed(2, tables.dead(2)).any()                                  # the dead node allows nothing
     with pytest.raises(ValueError, match="names 2 items"):
         TrieTables(np.array([[1, 2], [1, 2]]), ["a", "b"])
 

@@ -130,35 +130,40 @@ class OnnxSeq2Seq:
         empty = np.zeros((rows, self.n_heads, 0, self.d_kv), dtype=np.float32)
         return [empty] * len(self.past_names)
 
-    def step(self, tokens: np.ndarray, attention_mask: np.ndarray, token_weight: np.ndarray,
-             cross: list[np.ndarray], past: list[np.ndarray], with_lse: bool):
-        """One decoder step for R rows.
+    def step(self, tokens: np.ndarray, attention_mask: np.ndarray, cross: list[np.ndarray], past: list[np.ndarray],
+             token_ids: np.ndarray | None = None, token_weight: np.ndarray | None = None,
+             token_mask: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One decoder step for R rows: (log-probs [R, V_t], new caches [R, H, T+1, d_kv]).
 
-        token_weight [D, V_t]: output-embedding columns of the tokens to score. Returns
-        (logits [R, V_t], full-vocabulary logsumexp [R] or None, new caches [R, H, T+1, d_kv]).
+        token_ids [V_t]: HF's log-softmax over the whole vocabulary, read at these tokens
+        (decoder_lse.onnx); or token_weight [D, V_t] (their output-embedding columns) and
+        token_mask [R, V_t] (which of them each row may take): log-softmax over the allowed tokens
+        only (decoder.onnx; rows with nothing allowed come back as NaN).
         """
-        feed = {"input_ids": tokens, "encoder_attention_mask": attention_mask, "token_weight": token_weight,
+        feed = {"input_ids": tokens[:, None], "encoder_attention_mask": attention_mask,
                 **dict(zip(self.cross_names, cross)), **dict(zip(self.past_names, past))}
-        if with_lse:
-            logits, _, lse, *present = self.sessions["decoder_lse"].run(None, feed)
-            return logits, lse, present
-        logits, _, *present = self.sessions["decoder"].run(None, feed)
-        return logits, None, present
+        if token_ids is not None:
+            feed["token_ids"] = token_ids
+            logp, *present = self.sessions["decoder_lse"].run(None, feed)
+        else:
+            feed["token_weight"], feed["token_mask"] = token_weight, token_mask[:, None, :]
+            logp, *present = self.sessions["decoder"].run(None, feed)
+        return logp[:, 0], present
 
 
 # --------------------------------------------------------------------------------------------
 # the trie as per-depth tables (vectorised decoding)
 # --------------------------------------------------------------------------------------------
 class TrieTables:
-    """A prefix trie of fixed-length identifiers, as numpy tables per depth.
+    """A prefix trie of fixed-length identifiers, as dense numpy tables per depth.
 
     At depth t every trie node has a local index; `vocab[t]` are the token ids that occur at
-    position t of any identifier (the only tokens whose logits are ever needed there),
-    `allowed[t][node]` a boolean row over `vocab[t]`, and the child of (node, token) is found by
-    binary search in `keys[t]` (node * |vocab[t]| + local token index, sorted; the child is the
-    key's rank). Each depth has one
-    extra "dead" node (index = number of nodes) with nothing allowed, for beams that ran out of
-    valid continuations. Leaves (depth L) are items.
+    position t of any identifier (the only tokens whose logits are ever needed there), and
+    `children[t][node, j]` is the node of depth t+1 reached from `node` by token `vocab[t][j]`, or
+    the "dead" node of depth t+1 when the trie does not allow that token. Each depth has one dead
+    node (index = number of nodes, its row all dead) for beams that ran out of valid continuations.
+    Leaves (depth L) are items. One table lookup per step gives every beam's allowed tokens and,
+    after the top-k, its children: no search in the decoding loop.
     """
 
     def __init__(self, sequences: np.ndarray, item_ids: Sequence[str]):
@@ -167,17 +172,16 @@ class TrieTables:
             raise ValueError(f"trie: need one fixed-length token sequence per item, got shape {seqs.shape} "
                              f"for {len(item_ids)} items")
         self.depth = seqs.shape[1]
-        self.vocab, self.allowed, self.keys, self.n_nodes = [], [], [], []
+        self.vocab, self.children, self.n_nodes = [], [], []
         node = np.zeros(len(seqs), dtype=np.int64)          # each item's trie node at depth t
         n_nodes = 1
         for t in range(self.depth):
             vocab, tok = np.unique(seqs[:, t], return_inverse=True)
-            keys, child = np.unique(node * len(vocab) + tok, return_inverse=True)
-            allowed = np.zeros((n_nodes + 1, len(vocab)), dtype=bool)       # last row: dead node
-            allowed[keys // len(vocab), keys % len(vocab)] = True
+            keys, child = np.unique(node * len(vocab) + tok, return_inverse=True)   # one key per child node
+            children = np.full((n_nodes + 1, len(vocab)), len(keys), dtype=np.int32)  # all dead ...
+            children[keys // len(vocab), keys % len(vocab)] = np.arange(len(keys))   # ... but the trie's edges
             self.vocab.append(vocab)
-            self.allowed.append(allowed)
-            self.keys.append(keys)          # the child reached by keys[j] is node j of depth t+1
+            self.children.append(children)
             self.n_nodes.append(n_nodes)
             node, n_nodes = child.reshape(-1), len(keys)
         if n_nodes != len(seqs):
@@ -195,18 +199,43 @@ class TrieTables:
     def dead(self, t: int) -> int:
         return self.n_nodes[t] if t < self.depth else len(self.leaf_item) - 1
 
+    def allowed(self, t: int, node: np.ndarray) -> np.ndarray:
+        """[..., |vocab[t]|] bool: the tokens of depth t each node allows."""
+        return self.children[t][node] != self.dead(t + 1)
+
     def child(self, t: int, node: np.ndarray, tok_local: np.ndarray) -> np.ndarray:
         """Nodes at depth t+1 reached from `node` (depth t) along local token `tok_local`."""
-        keys = self.keys[t]
-        key = node * len(self.vocab[t]) + tok_local
-        pos = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
-        ok = (keys[pos] == key) & (node < self.n_nodes[t])
-        return np.where(ok, pos, self.dead(t + 1))
+        return self.children[t][node, tok_local]
 
 
 # --------------------------------------------------------------------------------------------
 # constrained beam search
 # --------------------------------------------------------------------------------------------
+def best_candidates(allowed: np.ndarray, score: np.ndarray, logp: np.ndarray, b: int, keep: int):
+    """The `keep` best allowed (row, token) candidates of each of the b requests, best first.
+
+    allowed, logp [R, V_t] with R = b * per rows (a request's rows are contiguous); a candidate's
+    score is score[row] + logp[row, token]. Only the allowed pairs are scored and ranked (a
+    partition over the dense [per * V_t] row, mostly -inf ties, is 10x slower). Returns flat
+    (source row, local token, score) [b * keep]; a request with fewer allowed candidates than
+    `keep` is padded with score -inf (dead beams).
+    """
+    rows, toks = np.nonzero(allowed)                                          # grouped by request
+    values = score[rows] + logp[rows, toks]
+    per = len(allowed) // b
+    bounds = np.searchsorted(rows, np.arange(b + 1) * per)
+    src = np.repeat(np.arange(b) * per, keep)                                 # dead beams: the request's first row
+    tok = np.zeros(b * keep, dtype=np.int64)
+    best_score = np.full(b * keep, -np.inf, dtype=np.float32)
+    for i in range(b):
+        v = values[bounds[i]:bounds[i + 1]]
+        best = np.argpartition(v, len(v) - keep)[len(v) - keep:] if len(v) > keep else np.arange(len(v))
+        best = best[np.argsort(-v[best], kind="stable")] + bounds[i]          # best first, as HF's topk
+        out = slice(i * keep, i * keep + len(best))
+        src[out], tok[out], best_score[out] = rows[best], toks[best], values[best]
+    return src, tok, best_score
+
+
 def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.ndarray, trie: TrieTables,
                 level_weights: list[np.ndarray], num_beams: int, start_id: int, eos_id: int | None,
                 normalize: str = "full") -> list[list[tuple[str, float]]]:
@@ -219,6 +248,7 @@ def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.nd
     if normalize not in ("full", "allowed"):
         raise ValueError(f"normalize must be 'full' or 'allowed', got {normalize!r}")
     b = input_ids.shape[0]
+    full = normalize == "full"
     cross = model.encode(input_ids, attention_mask)
     past = model.empty_cache(b)
     tokens = np.full(b, start_id, dtype=np.int64)
@@ -226,34 +256,25 @@ def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.nd
     score = np.zeros(b, dtype=np.float32)               # summed log-probs of each row
     per = 1                                             # rows per request (1 at step 0, then <= N)
     for t in range(trie.depth):
-        logits, lse, present = model.step(tokens, attention_mask, level_weights[t], cross, past,
-                                          with_lse=normalize == "full")      # [R, V_t]
         vocab = trie.vocab[t]
-        allowed = trie.allowed[t][node]                                       # [R, V_t]
-        if normalize == "full":
-            logp = logits - lse[:, None]
+        children = trie.children[t][node]                                     # [R, V_t] next node per token
+        allowed = children != trie.dead(t + 1)                                # [R, V_t]
+        if full:
+            logp, present = model.step(tokens, attention_mask, cross, past, token_ids=vocab)
         else:
-            masked = np.where(allowed, logits, -np.inf)
-            m = masked.max(axis=1, keepdims=True)
-            m = np.where(np.isfinite(m), m, 0.0)
-            logp = logits - (m + np.log(np.exp(masked - m).sum(axis=1, keepdims=True) + 1e-30))
-        cand = np.where(allowed, score[:, None] + logp, -np.inf).reshape(b, per * len(vocab))
-        keep = min(num_beams, cand.shape[1])
-        top = np.argpartition(-cand, keep - 1, axis=1)[:, :keep]              # [B, keep], unordered
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(cand, top, 1), 1, kind="stable"), 1)
-        src = (np.arange(b)[:, None] * per + top // len(vocab)).reshape(-1)   # source row of each new beam
-        tok_local = (top % len(vocab)).reshape(-1)
-        score = np.take_along_axis(cand, top, 1).reshape(-1).astype(np.float32)
-        node = trie.child(t, node[src], tok_local)
+            logp, present = model.step(tokens, attention_mask, cross, past, token_weight=level_weights[t],
+                                       token_mask=allowed)
+        keep = min(num_beams, per * len(vocab))
+        src, tok_local, score = best_candidates(allowed, score, logp, b, keep)   # [B * keep] each
+        node = children[src, tok_local]                                       # dead where nothing was allowed
         node[~np.isfinite(score)] = trie.dead(t + 1)
         tokens = vocab[tok_local]
-        past = [p[src] for p in present]
+        past = [p[src] for p in present]                                      # reorder the KV cache
         per = keep
-    if eos_id is not None and normalize == "full":
+    if eos_id is not None and full:
         # score the EOS after the identifier too: add log p(EOS | identifier)
-        eos_weight = np.ascontiguousarray(model.lm_head[[eos_id]].T)         # [D, 1]
-        logits, lse, _ = model.step(tokens, attention_mask, eos_weight, cross, past, with_lse=True)
-        score = score + (logits[:, 0] - lse).astype(np.float32)
+        logp, _ = model.step(tokens, attention_mask, cross, past, token_ids=np.array([eos_id], dtype=np.int64))
+        score = score + logp[:, 0]
     # (normalize="allowed": EOS is the only allowed token there, log 1 = 0)
     score = score.reshape(b, per)
     items = trie.leaf_item[node].reshape(b, per)
@@ -304,6 +325,7 @@ class Runtime:
         tries = np.load(export_dir / "trie.npz", allow_pickle=False)
         item_ids = [str(i) for i in tries["item_ids"]]
         self.tries = {space: TrieTables(tries[f"{space}_tokens"], item_ids) for space in ("sid", "cid")}
+        # output-embedding columns of each depth's tokens (normalize=allowed scores only those)
         self.level_weights = {space: [np.ascontiguousarray(self.model.lm_head[v].T) for v in trie.vocab]
                               for space, trie in self.tries.items()}
         logger.info("runtime: %s loaded: %d items, beams %d, normalize=%s", export_dir, len(item_ids),
