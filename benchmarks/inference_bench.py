@@ -5,8 +5,9 @@ Prints, for batch 1 and batch 16 (beam 20 by default): latency p50/p95 per call 
     ort-full  Runtime, normalize=full (scores identical to HF's)
     ort-allow Runtime, normalize=allowed (softmax over the allowed tokens only)
 and the compute floor of each ONNX variant: the multiply-adds the request needs (encoder, cross K/V,
-one decoder step per beam per token with a KV cache, logits of the trie's tokens at each depth, plus
-the full-vocabulary normaliser for `full`), divided by the matmul throughput measured in the same
+one decoder step per beam per token with a KV cache; then `allowed` computes the logits of the trie's
+tokens at each depth, `full` all logits of the vocabulary, whose log-softmax it reads at the trie's
+tokens, plus the step that scores EOS), divided by the matmul throughput measured in the same
 run with torch GEMMs of the decoder's shape ([rows, d_model] x [d_model, d_ff], same thread count),
 per CPU second; the ratio compares it with the CPU time of a call (the wall clock of a shared
 machine also counts other jobs' turns on the cores; both are printed).
@@ -16,6 +17,7 @@ canonical data when given, else random histories).
 
     python benchmarks/inference_bench.py --model models/t5 --ids models/ids --canonical prepared/canonical
     python benchmarks/inference_bench.py --random-tiny      # random tiny T5 over office-sized identifiers
+    python benchmarks/inference_bench.py ... --size small    # random t5-small-sized T5, same tokenizer and ids
 """
 from __future__ import annotations
 
@@ -84,6 +86,22 @@ def build_random_tiny(root: Path, n_items: int, codebook: int, seed: int = 0) ->
     model = build_model(ModelConfig(size="tiny", dropout=0.0), len(tok), tok.pad_token_id, tok.eos_token_id)
     save_model(model, tok, model_dir, {"train": to_dict(TrainConfig()), "data_version": "random-tiny"})
     return {"model": model_dir, "ids": ids_dir, "canonical": canonical, "titles": titles}
+
+
+def build_random_size(root: Path, model_dir: Path, size: str, seed: int = 0) -> Path:
+    """A randomly initialised T5 of `size` (gensar.model.t5.SIZES) with the tokenizer of `model_dir`, saved
+    like models/t5: same vocabulary and identifiers as the trained model, so the same requests and
+    tries apply (for latency; its rankings mean nothing)."""
+    from gensar.config import ModelConfig, TrainConfig, to_dict
+    from gensar.model.t5 import build_model, load_model, save_model
+
+    _, tok, meta = load_model(model_dir)
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(size=size, dropout=0.0), len(tok), tok.pad_token_id, tok.eos_token_id)
+    out = root / f"t5_{size}"
+    save_model(model, tok, out, {"train": meta.get("train") or to_dict(TrainConfig()),
+                                 "data_version": f"random-{size}"})
+    return out
 
 
 def random_requests(item_ids, titles, n: int, seed: int = 0) -> list[tuple]:
@@ -179,10 +197,10 @@ def request_macs(cfg, src_len: int, beams: int, trie, full_vocab: bool, score_eo
     for t in range(steps):
         rows = 1 if t == 0 else beams
         per_row = cfg.num_decoder_layers * (6 * d * inner + ff + 2 * (t + 1) * inner + 2 * s * inner)
-        if t < trie.depth:
-            per_row += len(trie.vocab[t]) * d                                  # logits of the trie's tokens
         if full_vocab:
-            per_row += cfg.vocab_size * d                                      # full-vocabulary normaliser
+            per_row += cfg.vocab_size * d          # all logits: the normaliser, the trie's tokens read from them
+        else:
+            per_row += len(trie.vocab[t]) * d      # logits of the trie's tokens only
         macs += rows * per_row
     return float(macs)
 
@@ -199,6 +217,9 @@ def main(argv=None) -> None:
     ap.add_argument("--onnx", default="", help="an existing export; default: export --model to a temp dir")
     ap.add_argument("--canonical", default="prepared/canonical", help="test users for the requests")
     ap.add_argument("--random-tiny", action="store_true", help="random tiny T5, office-sized identifiers")
+    ap.add_argument("--size", default="", choices=["", "tiny", "small"],
+                    help="time a randomly initialised T5 of this size (small = t5-small dims) with --model's "
+                         "tokenizer and --ids identifiers instead of --model itself (latency only)")
     ap.add_argument("--items", type=int, default=2420)
     ap.add_argument("--codebook", type=int, default=256)
     ap.add_argument("--beams", type=int, default=20)
@@ -229,6 +250,10 @@ def main(argv=None) -> None:
         canonical = Path("/nonexistent")
     else:
         model_dir, ids_dir, items_dir = Path(args.model), Path(args.ids), canonical
+    if args.size:
+        model_dir = build_random_size(work, model_dir, args.size)
+        print(f"model: randomly initialised T5 '{args.size}' over the vocabulary and identifiers of {args.model} "
+              f"(latency only) in {model_dir}")
     onnx_dir = Path(args.onnx) if args.onnx else work / "onnx"
     if not args.onnx:
         t0 = time.perf_counter()

@@ -96,6 +96,13 @@ def test_graphs_match_pytorch_and_have_dynamic_axes(world, tmp_path):
         onnx.checker.check_model(str(path), full_check=True)
     diffs = verify(world["model"], tmp_path, batch=3, beams=4, src_len=11)
     assert max(diffs.values()) < 1e-4, diffs
+    # a decoding step is a chain of tiny ops, so its node count is its cost: fused attention (one
+    # node per attention, KV-cache append included) and no shape arithmetic per layer
+    cfg = world["model"].config
+    for name in ("decoder", "decoder_lse"):
+        nodes = [n.op_type for n in onnx.load(str(paths[name])).graph.node]
+        assert nodes.count("MultiHeadAttention") == 2 * cfg.num_decoder_layers
+        assert len(nodes) <= 15 * cfg.num_decoder_layers + 20, (name, len(nodes))
     # dynamic batch and sequence axes: a shape never seen at export time runs and agrees with torch
     enc = ort.InferenceSession(str(paths["encoder"]), providers=["CPUExecutionProvider"])
     ids = np.random.default_rng(0).integers(3, 150, size=(5, 23))

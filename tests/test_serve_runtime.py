@@ -12,7 +12,7 @@ from test_export_onnx import WORDS, random_events, tiny_world
 from gensar.config import Params
 from gensar.model.generate import GenSARModel
 from gensar.model.trie import IdentifierTrie
-from gensar.serve.runtime import Runtime, TrieTables, UnknownItemsError, choose_providers
+from gensar.serve.runtime import Runtime, TrieTables, UnknownItemsError, best_candidates, choose_providers
 
 BEAMS = 20
 
@@ -60,6 +60,31 @@ def test_trie_tables_agree_with_identifier_trie():
     assert not tables.allowed(2, tables.dead(2)).any()                                  # the dead node allows nothing
     with pytest.raises(ValueError, match="names 2 items"):
         TrieTables(np.array([[1, 2], [1, 2]]), ["a", "b"])
+
+
+def test_best_candidates_equal_a_full_sort():
+    """The top-k over the allowed (row, token) pairs only == sorting every allowed candidate of each
+    request; a request with fewer allowed candidates than k is padded with -inf (dead beams)."""
+    rng = np.random.default_rng(0)
+    b, per, v, keep = 4, 5, 9, 6
+    allowed = rng.random((b * per, v)) < 0.3
+    allowed[per:2 * per] = False
+    allowed[per + 2, 3] = True                              # request 1: a single allowed candidate
+    allowed[3 * per:] = False                               # request 3: none at all
+    score = rng.standard_normal(b * per).astype(np.float32)
+    logp = rng.standard_normal((b * per, v)).astype(np.float32)
+    logp[~allowed] = np.nan                                 # never read (the allowed-only graph gives NaN rows)
+    src, tok, best = best_candidates(allowed, score, logp, b, keep)
+    assert src.shape == tok.shape == best.shape == (b * keep,)
+    for i in range(b):
+        cand = sorted(((float(score[r] + logp[r, t]), r, t) for r in range(i * per, (i + 1) * per)
+                       for t in range(v) if allowed[r, t]), key=lambda c: -c[0])[:keep]
+        got = slice(i * keep, (i + 1) * keep)
+        n = len(cand)
+        assert list(zip(src[got][:n], tok[got][:n])) == [(r, t) for _, r, t in cand]
+        assert np.allclose(best[got][:n], [c[0] for c in cand])
+        assert np.isneginf(best[got][n:]).all() and (src[got][n:] // per == i).all()   # padding stays in its request
+    assert (best[keep:2 * keep] > -np.inf).sum() == 1 and np.isneginf(best[3 * keep:]).all()
 
 
 def test_topk_equals_pytorch_generate(served):

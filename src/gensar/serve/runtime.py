@@ -5,14 +5,15 @@ Same answers as the PyTorch path (`gensar.model.generate.GenSARModel`, HF `gener
 
 - the encoder runs once per request and also returns every decoder layer's cross-attention K/V;
 - the decoder runs one token per beam per step with a KV cache (no re-run over the prefix);
-- logits are computed only for the identifier tokens the trie can allow at this depth: the runtime
-  hands the decoder graph the gathered output-embedding columns W_t [D, V_t] of those tokens
-  (V_t ~ codebook size, not the vocabulary), so a step costs R x D x V_t for the logits;
-- `normalize="full"` (default) runs `decoder_lse.onnx`, which also returns the full-vocabulary
-  log-normaliser: scores are then exactly HF's (log_softmax over the vocabulary, then the
-  constraint mask); `normalize="allowed"` renormalises over the allowed tokens only and never
-  touches the [D, vocab] matrix: the compute floor of constrained decoding, at the price of
-  scores (and sometimes rankings) that differ from HF's.
+- `normalize="full"` (default) runs `decoder_lse.onnx`: log_softmax over the whole vocabulary, read
+  at the trie's tokens of this depth, so scores are exactly HF's (log_softmax, then the constraint
+  mask); `normalize="allowed"` runs `decoder.onnx`, which is handed the gathered output-embedding
+  columns W_t [D, V_t] of the trie's tokens (V_t ~ codebook size, not the vocabulary) and the
+  allowed mask, and renormalises over the allowed tokens only: it never touches the [D, vocab]
+  matrix (the compute floor of constrained decoding), at the price of scores (and sometimes
+  rankings) that differ from HF's;
+- the trie is a dense child table per depth: one lookup gives every beam's allowed tokens and,
+  after the top-k (over the allowed candidates only), its next node.
 
 Beam search (per request, N beams, identifier depth L, scores are summed log-probabilities):
 
@@ -218,21 +219,26 @@ def best_candidates(allowed: np.ndarray, score: np.ndarray, logp: np.ndarray, b:
     score is score[row] + logp[row, token]. Only the allowed pairs are scored and ranked (a
     partition over the dense [per * V_t] row, mostly -inf ties, is 10x slower). Returns flat
     (source row, local token, score) [b * keep]; a request with fewer allowed candidates than
-    `keep` is padded with score -inf (dead beams).
+    `keep` is padded with its first row, token 0 and score -inf (dead beams).
     """
-    rows, toks = np.nonzero(allowed)                                          # grouped by request
-    values = score[rows] + logp[rows, toks]
-    per = len(allowed) // b
-    bounds = np.searchsorted(rows, np.arange(b + 1) * per)
-    src = np.repeat(np.arange(b) * per, keep)                                 # dead beams: the request's first row
-    tok = np.zeros(b * keep, dtype=np.int64)
-    best_score = np.full(b * keep, -np.inf, dtype=np.float32)
-    for i in range(b):
-        v = values[bounds[i]:bounds[i + 1]]
-        best = np.argpartition(v, len(v) - keep)[len(v) - keep:] if len(v) > keep else np.arange(len(v))
-        best = best[np.argsort(-v[best], kind="stable")] + bounds[i]          # best first, as HF's topk
-        out = slice(i * keep, i * keep + len(best))
-        src[out], tok[out], best_score[out] = rows[best], toks[best], values[best]
+    v = allowed.shape[1]
+    flat = np.flatnonzero(allowed)                                    # row * V_t + token, grouped by request
+    values = logp.take(flat) + score[flat // v]
+    bounds = np.searchsorted(flat, np.arange(1, b) * (len(allowed) // b) * v) if b > 1 else ()
+    picked, picked_values = [], []
+    for i, (lo, hi) in enumerate(zip((0, *bounds), (*bounds, len(flat)))):
+        part = values[lo:hi]
+        best = np.argpartition(part, len(part) - keep)[len(part) - keep:] if len(part) > keep else np.arange(len(part))
+        best = best[np.argsort(-part[best], kind="stable")] + lo                # best first, as HF's topk
+        picked.append(flat[best])
+        picked_values.append(values[best])
+        if len(best) < keep:                                                    # dead beams
+            first_row = i * (len(allowed) // b)
+            picked.append(np.full(keep - len(best), first_row * v))
+            picked_values.append(np.full(keep - len(best), -np.inf, dtype=np.float32))
+    picked = np.concatenate(picked) if b > 1 or len(picked) > 1 else picked[0]
+    best_score = np.concatenate(picked_values) if b > 1 or len(picked_values) > 1 else picked_values[0]
+    src, tok = np.divmod(picked, v)
     return src, tok, best_score
 
 
