@@ -9,8 +9,9 @@ one decoder step per beam per token with a KV cache; then `allowed` computes the
 tokens at each depth, `full` all logits of the vocabulary, whose log-softmax it reads at the trie's
 tokens, plus the step that scores EOS), divided by the matmul throughput measured in the same
 run with torch GEMMs of the decoder's shape ([rows, d_model] x [d_model, d_ff], same thread count),
-per CPU second; the ratio compares it with the CPU time of a call (the wall clock of a shared
-machine also counts other jobs' turns on the cores; both are printed).
+per CPU second, in short bursts between the timed calls (same load as the calls); the ratio
+compares the floor with the CPU time of a call (the wall clock of a shared machine also counts
+other jobs' turns on the cores; both are printed).
 
 With `--parity N`: top-k agreement of the runtime with PyTorch on N requests (test users of the
 canonical data when given, else random histories).
@@ -149,15 +150,21 @@ def run_batch(engine, batch: list[tuple], k: int):
     return out
 
 
-def time_engines(engines: dict, requests: list[tuple], batch: int, k: int, rounds: int) -> tuple[dict, dict]:
+def time_engines(engines: dict, requests: list[tuple], batch: int, k: int, rounds: int,
+                 gemm: tuple[int, int, int] | None = None) -> tuple[dict, dict, list[float]]:
     """Wall-clock and CPU milliseconds of each call, engines interleaved call by call so load noise
     hits all alike. CPU time (this process) is what the compute floor compares with: on a shared
-    machine the wall clock also counts the time other jobs hold the cores."""
+    machine the wall clock also counts the time other jobs hold the cores.
+
+    gemm = (rows, d, f): after each round, a short burst of the floor's GEMM, so its rate is
+    measured under the same load as the calls (a machine shared with other jobs changes speed
+    by 1.5x within minutes); returns the rate of each burst too."""
     # batches are single-task so a call is one beam search
     by_kind = [[r for r in requests if r[0] == kind] for kind in ("rec", "search")]
     batches = [group[i:i + batch] for group in by_kind for i in range(0, len(group) - batch + 1, batch)]
     batches = (batches * (1 + rounds // max(1, len(batches))))[:rounds]
     wall, cpu = {name: [] for name in engines}, {name: [] for name in engines}
+    rates = []
     for name, eng in engines.items():            # warm-up
         run_batch(eng, batches[0], k)
     for b in batches:
@@ -166,19 +173,21 @@ def time_engines(engines: dict, requests: list[tuple], batch: int, k: int, round
             run_batch(eng, b, k)
             cpu[name].append(1e3 * (time.process_time() - c0))
             wall[name].append(1e3 * (time.perf_counter() - t0))
-    return wall, cpu
+        if gemm:
+            rates.append(gemm_throughput(*gemm, threads=torch.get_num_threads(), seconds=0.05))
+    return wall, cpu, rates
 
 
 def gemm_throughput(rows: int, d: int, f: int, threads: int, seconds: float = 1.0) -> float:
     """Multiply-adds per CPU second of torch float32 GEMMs [rows, d] x [d, f] (median of repeats)."""
     torch.set_num_threads(threads)
     a, b = torch.randn(rows, d), torch.randn(d, f)
-    for _ in range(50):
+    for _ in range(20):
         a @ b
     rates = []
+    n = max(1, int(2e6 / (rows * d * f) * 20))        # ~ 40 M multiply-adds per repeat
     end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        n = 200
+    while time.perf_counter() < end or len(rates) < 3:
         c0 = time.process_time()
         for _ in range(n):
             a @ b
@@ -308,8 +317,10 @@ def main(argv=None) -> None:
         if batch > 1 and args.skip_torch_batch:
             engines.pop("torch")
         torch.set_num_threads(args.threads)
-        times, cpu = time_engines(engines, requests, batch, args.k, args.rounds)
-        rate = gemm_throughput(batch * args.beams, cfg.d_model, cfg.d_ff, args.threads)
+        shape = (batch * args.beams, cfg.d_model, cfg.d_ff)
+        times, cpu, rates = time_engines(engines, requests, batch, args.k, args.rounds, gemm=shape)
+        rate = statistics.median(rates)                 # measured between the calls, same load
+        rate_alone = gemm_throughput(*shape, threads=args.threads)
         s = float(np.mean(src_lens))
         trie = ort_full.tries["cid"]
         floors = {name: batch * request_macs(cfg, round(s), args.beams, trie, name.startswith("ort-full"),
@@ -324,7 +335,8 @@ def main(argv=None) -> None:
                   f"{f'{floor:.2f}' if floor else '-'} | {f'{c50 / floor:.2f}' if floor else '-'} | "
                   f"{f'{base / p50:.2f}x / {base_cpu / c50:.2f}x' if base else '-'} |")
         print(f"|   | GEMM [{batch * args.beams}x{cfg.d_model}]x[{cfg.d_model}x{cfg.d_ff}], {args.threads} thread(s): "
-              f"{rate / 1e9:.2f} GMAC/s; request MACs (mean src {s:.0f} tokens): full "
+              f"{rate / 1e9:.2f} GMAC/s (median of {len(rates)} bursts between the calls; "
+              f"{rate_alone / 1e9:.2f} in one 1 s burst after them); request MACs (mean src {s:.0f} tokens): full "
               f"{request_macs(cfg, round(s), args.beams, trie, True, ort_full.score_eos) / 1e6:.1f} M, allowed "
               f"{request_macs(cfg, round(s), args.beams, trie, False, ort_full.score_eos) / 1e6:.1f} M | | | | | | | |")
     print(f"\nCPU load avg at the end {os.getloadavg()[0]:.1f} (2 cores shared with other jobs)")

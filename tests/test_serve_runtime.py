@@ -188,3 +188,17 @@ def test_exhaustive_beam_search_equals_brute_force_scores(tmp_path):
         assert sorted(h.item_id for h in hits) == sorted(seqs)
         assert max(abs(h.score - expected[norm][h.item_id]) for h in hits) < 1e-4, norm
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_an_export_of_another_format_is_refused(served, tmp_path):
+    """A models/onnx written by an older exporter (other graph inputs) fails at load with what to do."""
+    import json
+    import shutil
+
+    old = tmp_path / "onnx"
+    shutil.copytree(served["root"] / "models" / "onnx", old)
+    meta = json.loads((old / "meta.json").read_text())
+    meta["format"] = "gensar-onnx/1"
+    (old / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="gensar-onnx/1.*re-run"):
+        Runtime.load(old)

@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gensar.serve.runtime import EXPORT_FORMAT
+
 logger = logging.getLogger(__name__)
 
 NEG_INF = float(np.finfo(np.float32).min)      # HF's additive mask value
@@ -499,7 +501,7 @@ def write_export(model, tokenizer, ids_dir: str | Path, items, out_dir: str | Pa
     known[["item_id", "title"]].to_parquet(out_dir / "items.parquet", index=False)
     cfg = model.config
     meta = {
-        "format": "gensar-onnx/1",
+        "format": EXPORT_FORMAT,
         "versions": versions,
         "model": {k: getattr(cfg, k) for k in ("d_model", "d_ff", "num_layers", "num_decoder_layers",
                                                  "num_heads", "d_kv", "vocab_size")},

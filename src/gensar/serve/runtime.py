@@ -45,6 +45,10 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+# the graphs' interface (gensar.export.onnx writes it into meta.json; defined here so serving needs no torch)
+# /2: fused-kernel graphs whose decoder steps return log-probs of the requested tokens
+EXPORT_FORMAT = "gensar-onnx/2"
+
 
 class Hit(NamedTuple):
     item_id: str
@@ -124,8 +128,7 @@ class OnnxSeq2Seq:
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
         """Cross-attention K/V of every decoder layer, each [B, H, S, d_kv]."""
-        out = self.sessions["encoder"].run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
-        return out[1:]
+        return self.sessions["encoder"].run(self.cross_names, {"input_ids": input_ids, "attention_mask": attention_mask})
 
     def empty_cache(self, rows: int) -> list[np.ndarray]:
         empty = np.zeros((rows, self.n_heads, 0, self.d_kv), dtype=np.float32)
@@ -308,6 +311,10 @@ class Runtime:
             raise FileNotFoundError(f"{meta_path}: not an ONNX export of GenSAR (no meta.json); "
                                     f"run `python -m gensar.stages.export`")
         self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format") != EXPORT_FORMAT:
+            raise ValueError(f"{meta_path}: export format {self.meta.get('format')!r}, this runtime reads "
+                             f"{EXPORT_FORMAT!r}; "
+                             f"re-run `python -m gensar.stages.export`")
         self.export_dir = export_dir
         self.beams, self.normalize = beams, normalize
         gen = self.meta["generation"]
