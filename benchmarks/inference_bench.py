@@ -178,6 +178,36 @@ def time_engines(engines: dict, requests: list[tuple], batch: int, k: int, round
     return wall, cpu, rates
 
 
+def ort_gemm_throughput(rows: int, d: int, f: int, threads: int, seconds: float = 1.0) -> float:
+    """The same GEMM as one onnxruntime MatMul node with a constant weight, as in the exported graphs
+    (information only: the floor uses the torch rate, which is the higher one here)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((d, f), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [rows, d])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, f])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    a = np.random.default_rng(1).standard_normal((rows, d), dtype=np.float32)
+    for _ in range(20):
+        sess.run(None, {"a": a})
+    rates = []
+    n = max(1, int(2e6 / (rows * d * f) * 20))
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(rates) < 3:
+        c0 = time.process_time()
+        for _ in range(n):
+            sess.run(None, {"a": a})
+        rates.append(n * rows * d * f / max(time.process_time() - c0, 1e-9))
+    return statistics.median(rates)
+
+
 def gemm_throughput(rows: int, d: int, f: int, threads: int, seconds: float = 1.0) -> float:
     """Multiply-adds per CPU second of torch float32 GEMMs [rows, d] x [d, f] (median of repeats)."""
     torch.set_num_threads(threads)
@@ -321,6 +351,7 @@ def main(argv=None) -> None:
         times, cpu, rates = time_engines(engines, requests, batch, args.k, args.rounds, gemm=shape)
         rate = statistics.median(rates)                 # measured between the calls, same load
         rate_alone = gemm_throughput(*shape, threads=args.threads)
+        rate_ort = ort_gemm_throughput(*shape, threads=args.threads)
         s = float(np.mean(src_lens))
         trie = ort_full.tries["cid"]
         floors = {name: batch * request_macs(cfg, round(s), args.beams, trie, name.startswith("ort-full"),
@@ -336,7 +367,8 @@ def main(argv=None) -> None:
                   f"{f'{base / p50:.2f}x / {base_cpu / c50:.2f}x' if base else '-'} |")
         print(f"|   | GEMM [{batch * args.beams}x{cfg.d_model}]x[{cfg.d_model}x{cfg.d_ff}], {args.threads} thread(s): "
               f"{rate / 1e9:.2f} GMAC/s (median of {len(rates)} bursts between the calls; "
-              f"{rate_alone / 1e9:.2f} in one 1 s burst after them); request MACs (mean src {s:.0f} tokens): full "
+              f"{rate_alone / 1e9:.2f} in one 1 s burst after them; onnxruntime MatMul of that shape "
+              f"{rate_ort / 1e9:.2f}); request MACs (mean src {s:.0f} tokens): full "
               f"{request_macs(cfg, round(s), args.beams, trie, True, ort_full.score_eos) / 1e6:.1f} M, allowed "
               f"{request_macs(cfg, round(s), args.beams, trie, False, ort_full.score_eos) / 1e6:.1f} M | | | | | | | |")
     print(f"\nCPU load avg at the end {os.getloadavg()[0]:.1f} (2 cores shared with other jobs)")
