@@ -27,7 +27,10 @@ most of the cost. Each graph here is the T5 math with onnxruntime's fused CPU ke
 (com.microsoft): `MultiHeadAttention` (q k^T + bias, softmax, @ v, and the KV-cache append, in one
 node), `SkipSimplifiedLayerNormalization` (residual add + T5's RMS norm), one matmul for q/k/v,
 and the relative position bias looked up in tables computed here once: a decoder layer is 15
-nodes (the traced graph had 45, most of them shape arithmetic). T5 specifics: attention is not
+nodes, and after onnxruntime's optimisations a decoding step runs 41 kernels for the tiny model
+and 101 for t5-small (the traced graphs ran 96 and 248, most of the difference shape arithmetic;
+at R = 20 rows a step got ~10% faster; at R = 320 rows no faster: there the fused attention
+kernel costs what its unfused ops did). T5 specifics: attention is not
 scaled by 1/sqrt(d); the relative position bias of the first layer is shared by all layers; with
 tied embeddings the final state is scaled by d_model**-0.5 before the output projection. The
 weights are the HF modules' own, and `verify` checks every graph against the HF model.
