@@ -22,8 +22,7 @@ decoder.onnx and decoder_lse.onnx: one decoding step for R = B * N rows, N beams
     of that request's cross attention instead of copying the K/V N times.
 
 Why the graphs are written node by node (and not traced from the HF modules): at R = 20 rows a
-decoding step is a chain of tiny matmuls, so the number of graph nodes, not the multiply-adds, is
-most of the cost. Each graph here is the T5 math with onnxruntime's fused CPU kernels
+decoding step is a chain of tiny matmuls, so per-node overhead is a large part of the cost. Each graph here is the T5 math with onnxruntime's fused CPU kernels
 (com.microsoft): `MultiHeadAttention` (q k^T + bias, softmax, @ v, and the KV-cache append, in one
 node), `SkipSimplifiedLayerNormalization` (residual add + T5's RMS norm), one matmul for q/k/v,
 and the relative position bias looked up in tables computed here once: a decoder layer is 15
