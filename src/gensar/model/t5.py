@@ -6,8 +6,8 @@ Sizes (`model.size`):
     custom  the `model.*` fields
 or `model.pretrained`: a local T5 checkpoint directory (its embeddings are resized to our vocabulary).
 
-Attention is built `eager` so the model exports to ONNX with the dynamo exporter (STACK.md: `sdpa`
-fails there). A saved model directory holds `save_pretrained` weights + config, the tokenizer, and
+Attention is built `eager`: the plain math, which gensar.export.onnx writes out as ONNX graphs and
+checks against (STACK.md: the `sdpa` path does not export). A saved model directory holds `save_pretrained` weights + config, the tokenizer, and
 `gensar.json` (model/train configs, identifier meta, data version, vocabulary size).
 """
 from __future__ import annotations
