@@ -8,7 +8,8 @@ Writes into `out`: the best model (`save_pretrained` weights + config), the toke
 (configs, identifier meta, data version), `history.json` (one row per epoch: loss, validation
 metrics, examples/s, seconds) and `ids/` (a copy of the identifier map the model was trained on).
 `metrics` gets the flat summary (best epoch and its validation metrics, throughput, wall time). Epoch checkpoints live in `out/checkpoints/` (the dvc.yaml output is `persist: true`,
-so a killed `dvc repro` resumes); a checkpoint from another configuration or data is ignored.
+so a killed `dvc repro` resumes); a checkpoint from another configuration, data or training code
+(the sources of `gensar.model`) is ignored.
 `--init DIR`: warm start from a previous model (new identifier tokens get new embedding rows; the
 old rows are kept).
 """
@@ -49,6 +50,14 @@ def _sha(*parts) -> str:
 
 def _file_hash(paths) -> str:
     return _sha(*[Path(p).read_bytes() for p in paths])
+
+
+def _code_version() -> str:
+    """Hash of the model package's sources (trainer, examples, prompts, T5, tokenizer): a checkpoint
+    written by other training code is not resumed, as `dvc repro` would not reuse its output."""
+    import gensar.model
+
+    return _file_hash(sorted(Path(gensar.model.__file__).parent.glob("*.py")))
 
 
 def _tokenizer(params: Params, items, queries, idmap: IdentifierMap, init, ckpt: Path, main: bool):
@@ -110,7 +119,7 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
         else:
             model = build_model(params.model, len(tok), tok.pad_token_id, tok.eos_token_id)
         fingerprint = _sha(to_dict(params.model), to_dict(params.train), len(tok), data_version,
-                           str(init or ""), d.world, tok_key if d.main else "")
+                           str(init or ""), d.world, tok_key if d.main else "", _code_version())
         if d.world > 1:  # rank 0 alone knows the tokenizer key; every rank needs the same fingerprint
             box = [fingerprint]
             torch.distributed.broadcast_object_list(box, src=0)
