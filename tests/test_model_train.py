@@ -167,3 +167,23 @@ def test_length_batches_cover_the_epoch_with_little_padding():
     # fewer batches than ranks: every rank still gets a share
     tiny = [length_batches(lengths[:10], 64, 0, 0, rank=r, world=2) for r in (0, 1)]
     assert [sum(map(len, t)) for t in tiny] == [5, 5] and n_length_batches(10, 64, world=2) == 1
+
+
+def test_checkpoint_of_other_training_code_is_not_resumed(data, tmp_path, monkeypatch, caplog):
+    """A finished checkpoint is reused only by the same code: after a code change the stage trains anew."""
+    import logging
+
+    from gensar.config import load_params
+    from gensar.stages import train as stage
+
+    params = load_params(data["params"], {"train.epochs": 1})
+    args = (params, data["canonical"], data["ids"], tmp_path / "t5", tmp_path / "m.json", None)
+    stage.run(*args)
+    caplog.set_level(logging.INFO, logger="gensar.model.train")
+    stage.run(*args)                                            # same code: resumes the finished run
+    assert "resuming" in caplog.text and "starting fresh" not in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(stage, "_code_version", lambda: "other-code")
+    stage.run(*args)
+    assert "written by another configuration, data or training code" in caplog.text
+    assert "starting fresh" in caplog.text

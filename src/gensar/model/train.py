@@ -215,8 +215,8 @@ def load_checkpoint(ckpt_dir: str | Path, fingerprint: str) -> dict | None:
         return None
     state = torch.load(path, map_location="cpu", weights_only=False)
     if state.get("fingerprint") != fingerprint:
-        logger.warning("%s: written by another configuration/data (fingerprint %s, now %s); starting fresh",
-                       path, state.get("fingerprint"), fingerprint)
+        logger.warning("%s: written by another configuration, data or training code (fingerprint %s, "
+                       "now %s); starting fresh", path, state.get("fingerprint"), fingerprint)
         return None
     return state
 
