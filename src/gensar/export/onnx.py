@@ -195,9 +195,20 @@ def feed_forward(g: Graph, h: str, ff, act: str, name: str) -> str:
     return g.op("MatMul", a, g.weight(f"{name}.wo", T(ff.wo)))
 
 
-def fused_qkv(attn) -> torch.Tensor:
-    """[D, 3 * H*d]: q, k and v projections side by side, so one matmul computes all three."""
-    return torch.cat([T(attn.q), T(attn.k), T(attn.v)], 1)
+def self_qkv(g: Graph, h: str, attn, name: str) -> list[str]:
+    """q, k, v [..., H*d] of a self-attention from one matmul: h @ [Wq | Wk | Wv] ([D, 3 * H*d])."""
+    w = torch.cat([T(attn.q), T(attn.k), T(attn.v)], 1)
+    return g.op("Split", g.op("MatMul", h, g.weight(name, w)), g.const([attn.inner_dim] * 3), axis=-1, outputs=3)
+
+
+def feed_forward_block(g: Graph, x: str, h: str, stack, i: int) -> tuple[str, str]:
+    """Block i's feed-forward on its normed input h, the residual add, and the norm that opens the
+    next block (the stack's final norm after the last one): (x, h) for block i + 1."""
+    ff = stack.block[i].layer[-1].DenseReluDense                   # the last layer of a T5 block is its FF
+    f = feed_forward(g, h, ff, stack.config.dense_act_fn, f"block.{i}.ff")
+    last = i + 1 == len(stack.block)
+    ln = stack.final_layer_norm if last else stack.block[i + 1].layer[0].layer_norm
+    return add_norm(g, x, f, ln, "final_ln" if last else f"block.{i + 1}.ln_self")
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,7 +219,7 @@ def encoder_graph(model, opset: int = 17):
     from onnx import TensorProto as TP
 
     cfg, enc = model.config, model.get_encoder()
-    h_, d_, inner, n_dec = cfg.num_heads, cfg.d_kv, cfg.num_heads * cfg.d_kv, cfg.num_decoder_layers
+    h_, d_, n_dec = cfg.num_heads, cfg.d_kv, cfg.num_decoder_layers
     g = Graph("gensar_encoder")
     ids = g.input("input_ids", TP.INT64, ["batch", "src"])
     mask = g.input("attention_mask", TP.INT64, ["batch", "src"])
@@ -229,15 +240,11 @@ def encoder_graph(model, opset: int = 17):
     h = rms_norm(g, x, enc.block[0].layer[0].layer_norm, "block.0.ln_self", opset)
     for i, block in enumerate(enc.block):
         sa = block.layer[0].SelfAttention
-        q, k, v = g.op("Split", g.op("MatMul", h, g.weight(f"block.{i}.qkv", fused_qkv(sa))),
-                       g.const([inner] * 3), axis=-1, outputs=3)                     # [B, S, H*d] each
+        q, k, v = self_qkv(g, h, sa, f"block.{i}.qkv")                                 # [B, S, H*d] each
         a = attention(g, q, k, v, h_, bias=bias, key_mask=key_mask)
         x, h = add_norm(g, x, g.op("MatMul", a, g.weight(f"block.{i}.o", T(sa.o))), block.layer[1].layer_norm,
                         f"block.{i}.ln_ff")
-        f = feed_forward(g, h, block.layer[1].DenseReluDense, cfg.dense_act_fn, f"block.{i}.ff")
-        last = i + 1 == len(enc.block)
-        x, h = add_norm(g, x, f, enc.final_layer_norm if last else enc.block[i + 1].layer[0].layer_norm,
-                        "final_ln" if last else f"block.{i + 1}.ln_self")
+        x, h = feed_forward_block(g, x, h, enc, i)
     g.op("Identity", h, outputs=["encoder_hidden_states"])
     # cross K/V of every decoder layer from one matmul: [B, S, 2L*H*d] -> [B, 2L*H, S, d] -> 2L x [B, H, S, d]
     w = torch.cat([torch.cat([T(b.layer[1].EncDecAttention.k), T(b.layer[1].EncDecAttention.v)], 1)
@@ -289,8 +296,7 @@ def decoder_graph(model, full_vocab: bool, opset: int = 17, max_steps: int = 64)
     for i, block in enumerate(dec.block):
         sa, ca = block.layer[0].SelfAttention, block.layer[1].EncDecAttention
         # self-attention over the cache (no causal mask: the one query is the newest token)
-        q, k, v = g.op("Split", g.op("MatMul", h, g.weight(f"block.{i}.qkv", fused_qkv(sa))),
-                       g.const([inner] * 3), axis=-1, outputs=3)                     # [R, 1, H*d] each
+        q, k, v = self_qkv(g, h, sa, f"block.{i}.qkv")                                 # [R, 1, H*d] each
         a, _, _ = attention(g, q, k, v, h_, bias=self_bias, past=(past[2 * i], past[2 * i + 1]),
                             present=presents[2 * i: 2 * i + 2])
         x, h = add_norm(g, x, g.op("MatMul", a, g.weight(f"block.{i}.o", T(sa.o))), block.layer[1].layer_norm,
@@ -301,10 +307,7 @@ def decoder_graph(model, full_vocab: bool, opset: int = 17, max_steps: int = 64)
                  g.const([-1, 1, inner]))                                            # [R, 1, H*d]
         x, h = add_norm(g, x, g.op("MatMul", a, g.weight(f"block.{i}.cross_o", T(ca.o))), block.layer[2].layer_norm,
                         f"block.{i}.ln_ff")
-        f = feed_forward(g, h, block.layer[2].DenseReluDense, cfg.dense_act_fn, f"block.{i}.ff")
-        last = i + 1 == len(dec.block)
-        x, h = add_norm(g, x, f, dec.final_layer_norm if last else dec.block[i + 1].layer[0].layer_norm,
-                        "final_ln" if last else f"block.{i + 1}.ln_self")
+        x, h = feed_forward_block(g, x, h, dec, i)
     if _scales_decoder_output(cfg):
         h = g.op("Mul", h, g.weight("output_scale", np.array(cfg.d_model ** -0.5, dtype=np.float32)))
     if full_vocab:
