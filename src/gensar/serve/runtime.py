@@ -239,10 +239,8 @@ def best_candidates(allowed: np.ndarray, score: np.ndarray, logp: np.ndarray, b:
             first_row = i * (len(allowed) // b)
             picked.append(np.full(keep - len(best), first_row * v))
             picked_values.append(np.full(keep - len(best), -np.inf, dtype=np.float32))
-    picked = np.concatenate(picked) if b > 1 or len(picked) > 1 else picked[0]
-    best_score = np.concatenate(picked_values) if b > 1 or len(picked_values) > 1 else picked_values[0]
-    src, tok = np.divmod(picked, v)
-    return src, tok, best_score
+    src, tok = np.divmod(np.concatenate(picked), v)
+    return src, tok, np.concatenate(picked_values)
 
 
 def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.ndarray, trie: TrieTables,
@@ -266,8 +264,7 @@ def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.nd
     per = 1                                             # rows per request (1 at step 0, then <= N)
     for t in range(trie.depth):
         vocab = trie.vocab[t]
-        children = trie.children[t][node]                                     # [R, V_t] next node per token
-        allowed = children != trie.dead(t + 1)                                # [R, V_t]
+        allowed = trie.allowed(t, node)                                       # [R, V_t]
         if full:
             logp, present = model.step(tokens, attention_mask, cross, past, token_ids=vocab)
         else:
@@ -275,7 +272,7 @@ def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.nd
                                        token_mask=allowed)
         keep = min(num_beams, per * len(vocab))
         src, tok_local, score = best_candidates(allowed, score, logp, b, keep)   # [B * keep] each
-        node = children[src, tok_local]                                       # dead where nothing was allowed
+        node = trie.child(t, node[src], tok_local)                            # dead where nothing was allowed
         node[~np.isfinite(score)] = trie.dead(t + 1)
         tokens = vocab[tok_local]
         past = [p[src] for p in present]                                      # reorder the KV cache
@@ -313,8 +310,7 @@ class Runtime:
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("format") != EXPORT_FORMAT:
             raise ValueError(f"{meta_path}: export format {self.meta.get('format')!r}, this runtime reads "
-                             f"{EXPORT_FORMAT!r}; "
-                             f"re-run `python -m gensar.stages.export`")
+                             f"{EXPORT_FORMAT!r}; re-run `python -m gensar.stages.export`")
         self.export_dir = export_dir
         self.beams, self.normalize = beams, normalize
         gen = self.meta["generation"]
