@@ -195,33 +195,29 @@ def ort_gemm_throughput(rows: int, d: int, f: int, threads: int, seconds: float 
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     a = np.random.default_rng(1).standard_normal((rows, d), dtype=np.float32)
-    for _ in range(20):
-        sess.run(None, {"a": a})
-    rates = []
-    n = max(1, int(2e6 / (rows * d * f) * 20))
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(rates) < 3:
-        c0 = time.process_time()
-        for _ in range(n):
-            sess.run(None, {"a": a})
-        rates.append(n * rows * d * f / max(time.process_time() - c0, 1e-9))
-    return statistics.median(rates)
+    return macs_per_cpu_second(lambda: sess.run(None, {"a": a}), rows * d * f, seconds)
 
 
 def gemm_throughput(rows: int, d: int, f: int, threads: int, seconds: float = 1.0) -> float:
     """Multiply-adds per CPU second of torch float32 GEMMs [rows, d] x [d, f] (median of repeats)."""
     torch.set_num_threads(threads)
     a, b = torch.randn(rows, d), torch.randn(d, f)
+    return macs_per_cpu_second(lambda: a @ b, rows * d * f, seconds)
+
+
+def macs_per_cpu_second(call, macs: int, seconds: float) -> float:
+    """Median multiply-adds per CPU second of `call` (which does `macs` of them): 20 warm-up calls,
+    then repeats of ~40 M multiply-adds for `seconds` (at least 3 repeats)."""
     for _ in range(20):
-        a @ b
+        call()
     rates = []
-    n = max(1, int(2e6 / (rows * d * f) * 20))        # ~ 40 M multiply-adds per repeat
+    n = max(1, int(2e6 / macs * 20))
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(rates) < 3:
         c0 = time.process_time()
         for _ in range(n):
-            a @ b
-        rates.append(n * rows * d * f / max(time.process_time() - c0, 1e-9))
+            call()
+        rates.append(n * macs / max(time.process_time() - c0, 1e-9))
     return statistics.median(rates)
 
 
