@@ -24,12 +24,10 @@ import logging
 import time
 from pathlib import Path
 
-import pandas as pd
 
 from gensar.config import load_params
 from gensar.eval.baselines import GenSARRanker, build_baselines
-from gensar.eval.candidates import ensure_candidates
-from gensar.eval.evaluate import evaluate_model, load_eval_data
+from gensar.eval.evaluate import evaluate_model, prepare_eval_data
 from gensar.io import write_json, write_text
 
 logger = logging.getLogger(__name__)
@@ -235,12 +233,7 @@ def run(source: str, out: str | Path, work: str | Path | None = None, params_pat
     results["prepare_seconds"] = prepare(str(source), work, params,
                                          need_embed=bool(variants) or "dense" in baselines,
                                          need_collab=bool(variants) or "sasrec" in baselines)
-    canonical = work / "prepared/canonical"
-    items = pd.read_parquet(canonical / "items.parquet")
-    inter = pd.read_parquet(canonical / "interactions.parquet")
-    queries = pd.read_parquet(canonical / "queries.parquet")
-    ensure_candidates(inter, items, queries, work / "prepared/candidates", n=cfg.n_candidates, seed=cfg.seed)
-    data = load_eval_data(str(canonical), str(work / "prepared/candidates"), cfg.split, cfg.max_users, cfg.seed)
+    data, inter = prepare_eval_data(work / "prepared/canonical", work / "prepared/candidates", cfg)
     cases = data.cases
     results["n_cases"] = {t: int((cases["behavior"] == t).sum()) for t in ("rec", "search")}
 

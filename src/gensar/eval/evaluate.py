@@ -49,10 +49,7 @@ class EvalData:
 
 def load_eval_data(canonical: str, candidates_path: str, split: str = "test",
                    max_users: int = 0, seed: int = 0) -> EvalData:
-    """Read the canonical tables and the saved candidates; optionally subsample users (seeded).
-
-    The same users are kept for both tasks, so the rec and search numbers describe one population.
-    """
+    """Read the canonical tables and the saved candidates; optionally subsample users (seeded)."""
     from pathlib import Path
 
     canonical = Path(canonical)
@@ -63,10 +60,37 @@ def load_eval_data(canonical: str, candidates_path: str, split: str = "test",
         path = path / "candidates.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path}: candidates not found (run the evaluate stage's candidate step)")
-    cases = read_candidates(path)
+    return make_eval_data(items, queries, read_candidates(path), split, max_users, seed, source=str(path))
+
+
+def prepare_eval_data(canonical, candidates_dir, cfg) -> tuple[EvalData, pd.DataFrame]:
+    """What the evaluate stage and the benchmark score on: the canonical tables, the candidate lists
+    (built once with `cfg.n_candidates` and `cfg.seed`, then reused) and the cases of `cfg.split`
+    (at most `cfg.max_users` users). Returns the EvalData and the interactions (baselines fit on them).
+    """
+    from pathlib import Path
+
+    from gensar.eval.candidates import ensure_candidates
+
+    canonical = Path(canonical)
+    items = pd.read_parquet(canonical / "items.parquet")
+    inter = pd.read_parquet(canonical / "interactions.parquet")
+    queries = pd.read_parquet(canonical / "queries.parquet")
+    cands = ensure_candidates(inter, items, queries, candidates_dir, n=cfg.n_candidates, seed=cfg.seed)
+    data = make_eval_data(items, queries, cands, cfg.split, cfg.max_users, cfg.seed,
+                          source=str(Path(candidates_dir) / "candidates.parquet"))
+    return data, inter
+
+
+def make_eval_data(items: pd.DataFrame, queries: pd.DataFrame, cases: pd.DataFrame, split: str,
+                   max_users: int = 0, seed: int = 0, source: str = "candidates") -> EvalData:
+    """EvalData of one split of the candidate cases; optionally a seeded sample of `max_users` users.
+
+    The same users are kept for both tasks, so the rec and search numbers describe one population.
+    """
     cases = cases[cases["split"] == split].reset_index(drop=True)
     if cases.empty:
-        raise ValueError(f"{path}: no cases for split {split!r}")
+        raise ValueError(f"{source}: no cases for split {split!r}")
     if max_users and cases["user_id"].nunique() > max_users:
         users = np.sort(cases["user_id"].unique())
         keep = set(np.random.default_rng(seed).choice(users, size=max_users, replace=False))

@@ -14,13 +14,10 @@ import argparse
 import logging
 from pathlib import Path
 
-import pandas as pd
-
 from gensar.config import Params, load_params
 from gensar.device import resolve_device
 from gensar.eval.baselines import GenSARRanker, build_baselines
-from gensar.eval.candidates import ensure_candidates
-from gensar.eval.evaluate import evaluate_model, load_eval_data
+from gensar.eval.evaluate import evaluate_model, prepare_eval_data
 from gensar.io import write_json
 from gensar.logs import setup_logging
 
@@ -49,12 +46,7 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", model: str
     report: optional JSON with case counts and evaluation seconds per model.
     """
     cfg = params.evaluate
-    canonical = Path(canonical)
-    items = pd.read_parquet(canonical / "items.parquet")
-    inter = pd.read_parquet(canonical / "interactions.parquet")
-    queries = pd.read_parquet(canonical / "queries.parquet")
-    ensure_candidates(inter, items, queries, candidates, n=cfg.n_candidates, seed=cfg.seed)
-    data = load_eval_data(str(canonical), str(candidates), cfg.split, cfg.max_users, cfg.seed)
+    data, inter = prepare_eval_data(canonical, candidates, cfg)
     cases = data.cases
 
     device = resolve_device(cfg.device)
