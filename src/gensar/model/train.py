@@ -130,8 +130,8 @@ def length_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, 
 
     Random order, then each window of `window * batch_size` examples is sorted by length and cut
     into batches, and the batches are shuffled. Padding to the longest input of a batch then wastes
-    little (office: 66% of a random batch's tokens are real, over 95% here), while every batch still
-    comes from a random slice of the epoch. Under DDP each rank takes every `world`-th batch; the
+    less (an office epoch, batch 256, lengths in characters as `fit` passes them: 49% of a random
+    batch's tokens are real, 64% here), while every batch still comes from a random slice of the epoch. Under DDP each rank takes every `world`-th batch; the
     last `len % world` batches are dropped so that every rank runs the same number of steps.
     """
     rng = np.random.default_rng([seed, epoch])
