@@ -46,6 +46,10 @@ class EvalData:
     def task_cases(self, task: str) -> pd.DataFrame:
         return self.cases[self.cases["behavior"] == task].reset_index(drop=True)
 
+    def case_queries(self, cases: pd.DataFrame) -> list[str]:
+        """The query text of each case ('' for rec cases, which have none)."""
+        return [self.query_texts.get(q, "") if isinstance(q, str) else "" for q in cases["query_id"]]
+
 
 def load_eval_data(canonical: str, candidates_path: str, split: str = "test",
                    max_users: int = 0, seed: int = 0) -> EvalData:
@@ -63,10 +67,12 @@ def load_eval_data(canonical: str, candidates_path: str, split: str = "test",
     return make_eval_data(items, queries, read_candidates(path), split, max_users, seed, source=str(path))
 
 
-def prepare_eval_data(canonical, candidates_dir, cfg) -> tuple[EvalData, pd.DataFrame]:
+def prepare_eval_data(canonical, candidates_dir, cfg) -> tuple[EvalData, EvalData, pd.DataFrame]:
     """What the evaluate stage and the benchmark score on: the canonical tables, the candidate lists
     (built once with `cfg.n_candidates` and `cfg.seed`, then reused) and the cases of `cfg.split`
-    (at most `cfg.max_users` users). Returns the EvalData and the interactions (baselines fit on them).
+    (at most `cfg.max_users` users). Returns that EvalData, the EvalData of the validation split
+    (the same case code and user sampling; baselines with a knob choose it there, never on test) and
+    the interactions (baselines fit on them).
     """
     from pathlib import Path
 
@@ -77,9 +83,10 @@ def prepare_eval_data(canonical, candidates_dir, cfg) -> tuple[EvalData, pd.Data
     inter = pd.read_parquet(canonical / "interactions.parquet")
     queries = pd.read_parquet(canonical / "queries.parquet")
     cands = ensure_candidates(inter, items, queries, candidates_dir, n=cfg.n_candidates, seed=cfg.seed)
-    data = make_eval_data(items, queries, cands, cfg.split, cfg.max_users, cfg.seed,
-                          source=str(Path(candidates_dir) / "candidates.parquet"))
-    return data, inter
+    source = str(Path(candidates_dir) / "candidates.parquet")
+    data = make_eval_data(items, queries, cands, cfg.split, cfg.max_users, cfg.seed, source=source)
+    valid = make_eval_data(items, queries, cands, "valid", cfg.max_users, cfg.seed, source=source)
+    return data, valid, inter
 
 
 def make_eval_data(items: pd.DataFrame, queries: pd.DataFrame, cases: pd.DataFrame, split: str,
@@ -145,7 +152,7 @@ def evaluate_model(model, data: EvalData, protocols: Sequence[str] = PROTOCOLS,
             continue
         cases = data.task_cases(task)
         n_cases[task] = len(cases)
-        queries = [data.query_texts.get(q, "") if isinstance(q, str) else "" for q in cases["query_id"]]
+        queries = data.case_queries(cases)
         for protocol in protocols:
             t0 = time.perf_counter()
             ranked: list[list[str]] = []

@@ -43,10 +43,11 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", model: str
     """Evaluate GenSAR (when `model` holds one) and `evaluate.baselines`; write `out`.
 
     models: extra rankers to evaluate beside them (the benchmark passes its variants this way).
-    report: optional JSON with case counts and evaluation seconds per model.
+    report: optional JSON with case counts and evaluation seconds per model (and, for the hybrid
+    baselines, the knob chosen on the validation split with its grid).
     """
     cfg = params.evaluate
-    data, inter = prepare_eval_data(canonical, candidates, cfg)
+    data, valid, inter = prepare_eval_data(canonical, candidates, cfg)
     cases = data.cases
 
     device = resolve_device(cfg.device)
@@ -55,13 +56,16 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", model: str
     if gensar is not None:
         rankers.insert(0, GenSARRanker(gensar, "gensar"))
     rankers += build_baselines(cfg.baselines, data.item_ids, data.item_texts, inter, sasrec=str(sasrec),
-                               embeddings=str(embeddings), encoder_model=params.embed.model, device=device)
+                               embeddings=str(embeddings), encoder_model=params.embed.model, device=device,
+                               valid=valid, batch_size=cfg.batch_size)
 
     metrics, details = {}, {}
     for ranker in rankers:
         res = evaluate_model(ranker, data, batch_size=cfg.batch_size)
         metrics[ranker.name] = res["metrics"]
         details[ranker.name] = {"n_cases": res["n_cases"], "eval_seconds": res["eval_seconds"]}
+        if getattr(ranker, "fit", None):       # a hybrid's knob and its validation grid
+            details[ranker.name]["fit"] = ranker.fit
     write_json(metrics, out)
     if report:
         write_json({"split": cfg.split, "max_users": cfg.max_users, "models": details}, report)
