@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_export_onnx import WORDS, random_events, tiny_world
 
-from gensar.config import Params
+from gensar.config import Params, TrainConfig
 from gensar.model.generate import GenSARModel
 from gensar.model.trie import IdentifierTrie
 from gensar.serve.runtime import Runtime, TrieTables, UnknownItemsError, best_candidates, choose_providers
@@ -172,22 +172,30 @@ def test_exhaustive_beam_search_equals_brute_force_scores(tmp_path):
         logits = model(input_ids=enc["input_ids"].repeat(len(dec), 1),
                        attention_mask=enc["attention_mask"].repeat(len(dec), 1),
                        decoder_input_ids=dec[:, :-1]).logits                  # [n, L+1, V]
-    expected = {"full": {}, "allowed": {}}
+    groups = ids.level_groups()
+    level_ids = [torch.tensor(tok.convert_tokens_to_ids(groups[g])) for g in ids.space_groups("cid")]
+    expected = {"full": {}, "allowed": {}, "level": {}}
     for row, (item, seq) in enumerate(seqs.items()):
-        full = allowed = 0.0
+        full = allowed = level = 0.0
         for t, token in enumerate(seq + [tok.eos_token_id]):
             lp = torch.log_softmax(logits[row, t], -1)
             full += float(lp[token])
-            if t < len(seq):      # renormalised over the tokens the trie allows after seq[:t]
+            if t < len(seq):      # renormalised over the tokens the trie allows after seq[:t] / over the level's codes
                 ok = torch.tensor(trie.allowed_after(seq[:t]))
                 allowed += float(logits[row, t, token] - torch.logsumexp(logits[row, t, ok], 0))
-        expected["full"][item], expected["allowed"][item] = full, allowed
-    for norm in ("full", "allowed"):
+                level += float(logits[row, t, token] - torch.logsumexp(logits[row, t, level_ids[t]], 0))
+        expected["full"][item], expected["allowed"][item], expected["level"][item] = full, allowed, level
+    for norm in ("full", "allowed", "level"):
         rt = Runtime.load(tmp_path / "onnx", beams=len(seqs), normalize=norm)
         hits = rt.recommend(history, k=len(seqs))
         assert sorted(h.item_id for h in hits) == sorted(seqs)
         assert max(abs(h.score - expected[norm][h.item_id]) for h in hits) < 1e-4, norm
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # the PyTorch path of a model trained with id_loss=level scores the same level distribution
+    gm = GenSARModel(model, tok, ids, TrainConfig(id_loss="level"), beams=len(seqs))
+    ref = gm.recommend(history, k=len(seqs))
+    assert sorted(i for i, _ in ref) == sorted(seqs)
+    assert max(abs(score - expected["level"][i]) for i, score in ref) < 1e-4
 
 
 def test_an_export_of_another_format_is_refused(served, tmp_path):
@@ -198,7 +206,24 @@ def test_an_export_of_another_format_is_refused(served, tmp_path):
     old = tmp_path / "onnx"
     shutil.copytree(served["root"] / "models" / "onnx", old)
     meta = json.loads((old / "meta.json").read_text())
-    meta["format"] = "gensar-onnx/1"
+    meta["format"] = "gensar-onnx/2"
     (old / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="gensar-onnx/1.*re-run"):
+    with pytest.raises(ValueError, match="gensar-onnx/2.*re-run"):
         Runtime.load(old)
+
+
+def test_candidates_rank_only_their_items_as_pytorch_does(served):
+    """The sampled protocol through the runtime: each request ranks its own candidates only, with the
+    PyTorch path's answers."""
+    rt, ref = served["runtime"], served["reference"]
+    histories, queries = _requests(served, 6, seed=2)
+    rng = random.Random(2)
+    cands = [rng.sample(served["ids"].item_ids, 12) for _ in histories]
+    got = rt.recommend_batch(histories, 5, candidates=cands) + rt.search_batch(queries, histories, 5, candidates=cands)
+    want = ref.recommend_batch(histories, 5, candidates=cands) + ref.search_batch(queries, histories, 5, candidates=cands)
+    for g, c in zip(got, cands + cands):
+        assert len(g) == 5 and {h.item_id for h in g} <= set(c)
+    same = sum([h.item_id for h in g] == [w[0] for w in ws] for g, ws in zip(got, want))
+    assert same == len(want)
+    with pytest.raises(UnknownItemsError):
+        rt.recommend_batch(histories[:1], 5, candidates=[["nope"]])

@@ -133,21 +133,30 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    history_len: int = 5
+    history_len: int = 5          # clicks shown in a history (twin events of one click count once)
+    history_twins: str = "rec"    # a click with twin events shows: rec (CID) | search (query + SID) | both
     max_query_tokens: int = 16
     max_input_tokens: int = 128
     tasks: dict[str, float] = field(default_factory=lambda: {
         "rec": 1.0, "search": 1.0, "query": 0.3, "adhoc": 0.3, "align": 0.3})
+    id_loss: str = "full"         # full: whole-vocabulary softmax | level: each identifier level's codes only
+    init_codes: bool = False      # identifier-token embeddings start from the RQ-VAE codebooks
+    label_smoothing: float = 0.0
     lr: float = 1e-3
-    warmup_ratio: float = 0.05
+    schedule: str = "cosine"      # cosine (to 0 at the last epoch) | constant | inverse_sqrt (after warmup)
+    warmup_ratio: float = 0.05    # warmup as a share of all steps (cosine) ...
+    warmup_steps: int = 0         # ... or a number of steps (when > 0; any schedule)
     weight_decay: float = 0.01
     batch_size: int = 256
     grad_accum: int = 1
     epochs: int = 10
-    patience: int = 3
+    max_minutes: float = 0.0      # training wall-clock budget (validation excluded); 0 = none
+    eval_every_steps: int = 0     # validate every N optimizer steps (0 = after every epoch only) ...
+    eval_every_minutes: float = 0.0   # ... or every N minutes of training time (0 = off)
+    patience: int = 3             # validations without improvement before stopping
     precision: str = "auto"       # auto | fp32 | bf16 | fp16 (autocast on GPU only)
     eval_beams: int = 20
-    eval_users: int = 500         # validation users scored per epoch (0 = all)
+    eval_users: int = 500         # validation users scored per validation (0 = all)
     device: str = "auto"
     cpu_threads: int = 0          # torch threads on CPU (0 = torch default); 1 on shared, busy CPUs
     seed: int = 0
@@ -161,7 +170,7 @@ class EvaluateConfig:
     max_users: int = 0            # 0 = all test users; else a seeded sample (same users for both tasks)
     split: str = "test"           # valid | test
     batch_size: int = 256         # cases per model call
-    baselines: tuple[str, ...] = ("popularity", "bm25", "dense", "sasrec")
+    baselines: tuple[str, ...] = ("popularity", "bm25", "dense", "sasrec", "bm25+sasrec", "bm25>sasrec")
     device: str = "auto"
 
 
@@ -178,7 +187,8 @@ class ServeConfig:
     """The onnxruntime runtime and the HTTP service (`gensar serve`)."""
     beams: int = 20
     max_k: int = 20               # largest k a request may ask for (<= beams)
-    normalize: str = "full"       # full: HF-identical scores | allowed: softmax over allowed tokens only
+    normalize: str = "auto"       # auto: the scores the model was trained on (the export says) | full: HF's
+    #                               whole-vocabulary scores | level: each level's codes | allowed: allowed tokens only
     provider: str = "auto"        # auto | cpu | cuda
     threads: int = 1              # onnxruntime intra-op threads (0 = all cores); tiny models: 1 is fastest
     spin: bool = False            # let idle onnxruntime threads spin (lower latency on a dedicated machine)

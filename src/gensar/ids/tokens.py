@@ -8,11 +8,22 @@ ID (12, 200, 7, 99, 0) of a 2+2 GenSAR map with a disambiguation code is
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+TOKEN = re.compile(r"^<([a-z])(\d+)_(\d+)>$")
 
 
 def code_token(kind: str, level: int, code: int) -> str:
     return f"<{kind}{level}_{int(code)}>"
+
+
+def parse_token(token: str) -> tuple[str, int, int]:
+    """(kind, level, code) of an identifier token `<{kind}{level}_{code}>`."""
+    m = TOKEN.match(token)
+    if m is None:
+        raise ValueError(f"{token!r} is not an identifier token (<kind level _ code>, e.g. <h0_12>)")
+    return m.group(1), int(m.group(2)), int(m.group(3))
 
 
 def id_tokens(codes: Sequence[int], kinds: Sequence[str]) -> list[str]:

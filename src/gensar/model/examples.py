@@ -2,7 +2,8 @@
 
 Every user's events are read in time order (`step`; twin events of one click share a step). For
 each TRAIN event at step t the history is the user's TRAIN events with step < t (strictly before,
-so never the twin of the target), at most `train.history_len` of them, and the tasks are
+so never the twin of the target), at most `train.history_len` clicks of them (twin events of one
+click count once, rendered by `train.history_twins`), and the tasks are
 
     rec     rec event     history                 -> CID of the item       (prompts.rec_input)
     search  search event  history + its query     -> SID of the item       (prompts.search_input)
@@ -105,7 +106,8 @@ class ExampleBuilder:
             for e in train:
                 if e.item_id not in ids:
                     raise ValueError(f"interactions: item {e.item_id!r} of user {user!r} has no identifier")
-                hist = [h for h in train if h.step < e.step][-cfg.history_len:] if cfg.history_len else []
+                # twins make a click up to two events: keep enough events for history_len clicks
+                hist = [h for h in train if h.step < e.step][-2 * cfg.history_len:] if cfg.history_len else []
                 if e.behavior == "rec":
                     self.pools["rec"].append((hist, e))
                 else:
@@ -145,7 +147,8 @@ class ExampleBuilder:
 
     def _render(self, task: str, payload: tuple, rng: random.Random) -> list[Example]:
         c, ids = self.cfg, self.ids
-        kw = {"history_len": c.history_len, "max_query_words": c.max_query_tokens, "template": None, "rng": rng}
+        kw = {"history_len": c.history_len, "max_query_words": c.max_query_tokens, "template": None, "rng": rng,
+              "twins": c.history_twins}
         if task == "rec":
             hist, e = payload
             return [Example(task, prompts.rec_input(hist, ids, **kw), prompts.id_target(e.item_id, "cid", ids))]

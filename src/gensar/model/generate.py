@@ -7,7 +7,9 @@ token ids (SID trie for search, CID trie for recommendation), built ONCE. Decodi
 complete identifier only EOS. So every returned sequence is a valid identifier of exactly one item.
 
 Scores are total log-probabilities of the identifier tokens plus EOS (`length_penalty=0`; every
-identifier has the same length, so this ranks like the per-token mean). With `candidates`, a small
+identifier has the same length, so this ranks like the per-token mean). A model trained with
+`train.id_loss: level` is decoded with the distribution it was trained on: at each depth a softmax
+over that level's codes (`gensar.model.levels.LevelTrieProcessor`), EOS forced with log-probability 0. With `candidates`, a small
 trie of just those items is built for the request (the paper's 100-candidate protocol).
 
     m = GenSARModel.load("models/t5", "models/ids")
@@ -20,10 +22,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from transformers import LogitsProcessorList
 
 from gensar.config import TrainConfig
 from gensar.model import prompts
+from gensar.model.levels import LevelTrieProcessor, LevelVocab
 from gensar.model.prompts import IdentifierMap
 from gensar.model.tokenizer import check_single_tokens
 from gensar.model.trie import IdentifierTrie
@@ -47,8 +52,11 @@ class GenSARModel:
             seqs = {i: check_single_tokens(tokenizer, ids.tokens_of(i, space)) for i in ids.item_ids}
             self.codes[space] = seqs
             self.tries[space] = IdentifierTrie(list(seqs.values()), list(seqs))
-        logger.info("generate: tries over %d items (sid depth %d, cid depth %d)", len(ids),
-                    self.tries["sid"].depth, self.tries["cid"].depth)
+        # identifier-aware scores (train.id_loss: level): each depth is a softmax over its level's codes
+        self.levels = LevelVocab(tokenizer, ids) if self.cfg.id_loss == "level" else None
+        logger.info("generate: tries over %d items (sid depth %d, cid depth %d), scores over %s", len(ids),
+                    self.tries["sid"].depth, self.tries["cid"].depth,
+                    "each level's codes" if self.levels is not None else "the whole vocabulary")
 
     @classmethod
     def load(cls, model_dir, ids_dir=None, device="cpu", beams: int = 30) -> GenSARModel:
@@ -97,10 +105,15 @@ class GenSARModel:
         enc = self.tokenizer(list(sources), return_tensors="pt", padding=True, truncation=True,
                              max_length=self.cfg.max_input_tokens).to(self.device)
         self.model.eval()
+        if self.levels is not None:
+            constrain = {"logits_processor": LogitsProcessorList(
+                [LevelTrieProcessor(tries, self.levels.space[space], beams, eos)])}
+        else:
+            constrain = {"prefix_allowed_tokens_fn": allowed}
         out = self.model.generate(
             **enc, num_beams=beams, num_return_sequences=beams, do_sample=False,
             max_new_tokens=depth + 1, length_penalty=0.0, early_stopping=True,
-            prefix_allowed_tokens_fn=allowed, output_scores=True, return_dict_in_generate=True)
+            output_scores=True, return_dict_in_generate=True, **constrain)
         seqs = out.sequences.view(len(sources), beams, -1)[:, :, 1:depth + 1].tolist()  # drop start
         scores = out.sequences_scores.view(len(sources), beams).tolist()
         results = []
@@ -117,19 +130,50 @@ class GenSARModel:
 
     # ----------------------------------------------------------------------------------------
     def _kw(self):
-        return {"history_len": self.cfg.history_len, "max_query_words": self.cfg.max_query_tokens}
+        return {"history_len": self.cfg.history_len, "max_query_words": self.cfg.max_query_tokens,
+                "twins": self.cfg.history_twins}
+
+    def sources(self, behavior: str, histories: Sequence[Sequence], queries: Sequence[str] | None = None
+                ) -> list[str]:
+        """Encoder inputs (inference template) of rec requests, or of search requests with `queries`."""
+        if behavior == "rec":
+            return [prompts.rec_input(h, self.ids, **self._kw()) for h in histories]
+        if queries is None or len(queries) != len(histories):
+            raise ValueError(f"search: {0 if queries is None else len(queries)} queries but "
+                             f"{len(histories)} histories")
+        return [prompts.search_input(q, h, self.ids, **self._kw()) for q, h in zip(queries, histories)]
 
     def recommend_batch(self, histories: Sequence[Sequence], k: int = 10,
                         candidates: Sequence[Sequence[str]] | None = None, beams: int | None = None):
-        sources = [prompts.rec_input(h, self.ids, **self._kw()) for h in histories]
-        return self.generate_items(sources, "cid", k, candidates, beams)
+        return self.generate_items(self.sources("rec", histories), "cid", k, candidates, beams)
 
     def search_batch(self, queries: Sequence[str], histories: Sequence[Sequence], k: int = 10,
                      candidates: Sequence[Sequence[str]] | None = None, beams: int | None = None):
-        if len(queries) != len(histories):
-            raise ValueError(f"search_batch: {len(queries)} queries but {len(histories)} histories")
-        sources = [prompts.search_input(q, h, self.ids, **self._kw()) for q, h in zip(queries, histories)]
-        return self.generate_items(sources, "sid", k, candidates, beams)
+        return self.generate_items(self.sources("search", histories, queries), "sid", k, candidates, beams)
+
+    @torch.no_grad()
+    def level_accuracy(self, sources: Sequence[str], space: str, targets: Sequence[str], batch: int = 64
+                       ) -> list[float]:
+        """Teacher-forced accuracy of each identifier position: the share of `targets` whose code at
+        depth t is the model's argmax given the true codes before it (over the level's codes when
+        the model was trained with `id_loss: level`, else over the whole vocabulary)."""
+        depth = self.tries[space].depth
+        groups = self.levels.space[space] if self.levels is not None else None
+        correct = np.zeros(depth)
+        self.model.eval()
+        for i in range(0, len(sources), batch):
+            enc = self.tokenizer(list(sources[i:i + batch]), return_tensors="pt", padding=True, truncation=True,
+                                 max_length=self.cfg.max_input_tokens).to(self.device)
+            labels = torch.tensor([self.codes[space][t] for t in targets[i:i + batch]], device=self.device)
+            logits = self.model(**enc, labels=labels).logits                        # [b, depth, V]
+            for t in range(depth):
+                if groups is None:
+                    pred = logits[:, t].argmax(-1)
+                else:
+                    toks = torch.as_tensor(groups[t], device=self.device)
+                    pred = toks[logits[:, t, toks].argmax(-1)]
+                correct[t] += (pred == labels[:, t]).sum().item()
+        return (correct / max(1, len(sources))).tolist()
 
     def recommend(self, history: Sequence, k: int = 10, candidates: Sequence[str] | None = None):
         """Top-k (item_id, score) for the next recommendation after `history` (list of events)."""

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gensar.ids.tokens import id_tokens, vocabulary
+from gensar.ids.tokens import id_tokens, parse_token, vocabulary
 
 REC, QUERY, CLICK = "<rec>", "<query>", "<click>"
 BEHAVIOR_TOKENS = (REC, QUERY, CLICK)
@@ -100,6 +100,20 @@ class IdentifierMap:
                 out += toks
         return list(dict.fromkeys(out))
 
+    def level_groups(self) -> dict[str, list[str]]:
+        """Every identifier token by level group (`h0`, `s2`, `c3`, `d4`, ...), each in code order: the
+        codes one identifier position chooses from (`train.id_loss: level` scores over them)."""
+        groups: dict[str, list[tuple[int, str]]] = {}
+        for tok in self.tokens():
+            kind, level, code = parse_token(tok)
+            groups.setdefault(f"{kind}{level}", []).append((code, tok))
+        return {g: [t for _, t in sorted(v)] for g, v in groups.items()}
+
+    def space_groups(self, space: str) -> list[str]:
+        """The level group of each position of the `space` ('sid' or 'cid') identifiers."""
+        kinds = self.sid_kinds if space == "sid" else self.cid_kinds
+        return [f"{k}{t}" for t, k in enumerate(kinds)]
+
 
 # --------------------------------------------------------------------------------------------
 # rendering
@@ -114,21 +128,53 @@ def id_string(item_id: str, space: str, ids: IdentifierMap) -> str:
     return "".join(ids.tokens_of(item_id, space))
 
 
-def render_history(history: Sequence, ids: IdentifierMap, history_len: int = 5,
-                   max_query_words: int = 16) -> str:
-    """The `history_len` most recent events as behavior-token text (see module docstring)."""
-    parts = []
-    events = list(history)[-history_len:] if history_len > 0 else []
-    for ev in events:
-        # a bare item id (histories without behaviors) is read as a recommendation click
-        behavior, item_id, query = ("rec", ev, None) if isinstance(ev, str) else (ev[0], ev[1], ev[2])
-        if behavior == "rec":
-            parts.append(f"{REC} {id_string(item_id, 'cid', ids)}")
-        elif behavior == "search":
-            q = clip_words(query or "", max_query_words)
-            parts.append(f"{QUERY} {q} {CLICK} {id_string(item_id, 'sid', ids)}")
+TWINS = ("rec", "search", "both")
+
+
+def history_clicks(history: Sequence, twins: str = "rec") -> list[list]:
+    """The history as clicks, oldest first: each click is the list of its events to render.
+
+    In `queries.mode: paper` one click is two twin events at the same step (its recommendation
+    event and its search event). `twins` says what a click with twins shows: `rec` its CID entry,
+    `search` its query + SID entry, `both` both entries (still one click). Events without a step
+    (API histories of `(behavior, item_id, query)`, bare item ids) are one click each.
+    """
+    if twins not in TWINS:
+        raise ValueError(f"history twins must be one of {', '.join(TWINS)}, got {twins!r}")
+    clicks: list[list] = []
+    last_step = None
+    for ev in history:
+        ev = ("rec", ev, None) if isinstance(ev, str) else ev
+        step = ev[3] if len(ev) > 3 and ev[3] is not None and ev[3] >= 0 else None
+        if step is not None and step == last_step:
+            clicks[-1].append(ev)
         else:
-            raise ValueError(f"history event {tuple(ev)!r}: behavior must be 'rec' or 'search'")
+            clicks.append([ev])
+        last_step = step
+    if twins == "both":
+        return clicks
+    out = []
+    for click in clicks:
+        chosen = [e for e in click if e[0] == twins] if len(click) > 1 else click
+        out.append(chosen[-1:] if chosen else click[:1])
+    return out
+
+
+def render_history(history: Sequence, ids: IdentifierMap, history_len: int = 5,
+                   max_query_words: int = 16, twins: str = "rec") -> str:
+    """The `history_len` most recent clicks as behavior-token text (see module docstring)."""
+    parts = []
+    clicks = history_clicks(history, twins)[-history_len:] if history_len > 0 else []
+    for click in clicks:
+        for ev in click:
+            behavior, item_id, query = ev[0], ev[1], ev[2]
+            if behavior == "rec":
+                parts.append(f"{REC} {id_string(item_id, 'cid', ids)}")
+            elif behavior == "search":
+                q = clip_words(query or "", max_query_words)
+                parts.append(f"{QUERY} {q} {CLICK} {id_string(item_id, 'sid', ids)}")
+            else:
+                raise ValueError(f"history event {tuple(ev)!r}: behavior must be 'rec' or 'search'")
     return " ".join(parts) if parts else "none"
 
 
@@ -180,21 +226,21 @@ def _pick(task: str, template: int | None, rng: random.Random | None) -> str:
 
 
 def rec_input(history: Sequence, ids: IdentifierMap, history_len: int = 5, max_query_words: int = 16,
-              template: int | None = 0, rng: random.Random | None = None) -> str:
-    h = render_history(history, ids, history_len, max_query_words)
+              template: int | None = 0, rng: random.Random | None = None, twins: str = "rec") -> str:
+    h = render_history(history, ids, history_len, max_query_words, twins)
     return _pick("rec", template, rng).format(h=h)
 
 
 def search_input(query: str, history: Sequence, ids: IdentifierMap, history_len: int = 5,
                  max_query_words: int = 16, template: int | None = 0,
-                 rng: random.Random | None = None) -> str:
-    h = render_history(history, ids, history_len, max_query_words)
+                 rng: random.Random | None = None, twins: str = "rec") -> str:
+    h = render_history(history, ids, history_len, max_query_words, twins)
     return _pick("search", template, rng).format(h=h, q=clip_words(query, max_query_words))
 
 
 def query_input(history: Sequence, ids: IdentifierMap, history_len: int = 5, max_query_words: int = 16,
-                template: int | None = 0, rng: random.Random | None = None) -> str:
-    h = render_history(history, ids, history_len, max_query_words)
+                template: int | None = 0, rng: random.Random | None = None, twins: str = "rec") -> str:
+    h = render_history(history, ids, history_len, max_query_words, twins)
     return _pick("query", template, rng).format(h=h)
 
 

@@ -1,24 +1,30 @@
 """The trainer: multi-task seq2seq training of the T5 with checkpoints, resume, selection and DDP.
 
-One epoch = the examples `ExampleBuilder.epoch(epoch)` draws (a seeded function of the epoch), cut
-into length-bucketed batches (`length_batches`, also seeded by the epoch), so the data of an epoch
-never depends on what happened before. Per step: teacher-forced cross-entropy on the target tokens, AdamW,
-learning rate `lr * warmup-then-cosine(step)`, `grad_accum` micro-batches per step, autocast
-(bf16, or fp16 with a grad scaler) on GPU only.
+One epoch = the examples `ExampleBuilder.epoch(epoch)` draws (a seeded function of the epoch),
+tokenized once up front and cut into batches bucketed by real token counts (`length_batches`, also
+seeded by the epoch), so the data of an epoch never depends on what happened before. Per step:
+teacher-forced cross-entropy (`gensar.model.levels.Seq2SeqLoss`: over the whole vocabulary, or with
+`train.id_loss: level` over each identifier level's codes), AdamW, learning rate
+`lr * lr_multiplier(train.schedule, step)`, `grad_accum` micro-batches per step, autocast (bf16, or
+fp16 with a grad scaler) on GPU only.
 
-After every epoch, rank 0 scores `train.eval_users` validation users with constrained beam search
-(NDCG@10 of rec and search, averaged = the selection metric), keeps the best weights, and writes
-`<ckpt>/last.pt` atomically: model, optimizer, scheduler, scaler, RNG states, epoch, best metric,
-patience counter and the per-epoch history. A crashed or killed run started again with the same
-configuration resumes from there and ends with the same weights as an uninterrupted run (the
-checkpoint's `fingerprint` must match, else it starts fresh). Early stopping after `train.patience`
-epochs without improvement. DVCLive writes per-epoch metrics and curves to the `live` directory.
+Rank 0 validates after every epoch, every `train.eval_every_steps` optimizer steps (or
+`train.eval_every_minutes` of training time), and when the
+`train.max_minutes` training budget is spent: it scores `train.eval_users` validation users with
+constrained beam search (NDCG@10 of rec and search, averaged = the selection metric, plus per-level
+diagnostics), keeps the best weights, and after every epoch writes `<ckpt>/last.pt` atomically:
+model, optimizer, scheduler, scaler, RNG states, epoch, step, best metric, patience counter, training
+seconds and the history (one row per validation). A crashed or killed run started again with the
+same configuration resumes from the last finished epoch and ends with the same weights as an
+uninterrupted run (the checkpoint's `fingerprint` must match, else it starts fresh). Early stopping
+after `train.patience` validations without improvement. DVCLive logs every validation row.
 
 DDP: run under `torchrun`; `setup_distributed` joins the process group (gloo on CPU, nccl on GPU).
-Only rank 0 evaluates, logs and writes files; the stop decision is broadcast.
+Only rank 0 evaluates, logs and writes files; the stop decisions are broadcast.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -38,6 +44,7 @@ from gensar.config import TrainConfig
 from gensar.device import resolve_device
 from gensar.eval.metrics import hit_at, ndcg_at, target_ranks
 from gensar.model.examples import Example, ExampleBuilder, Request
+from gensar.model.levels import LevelVocab, Seq2SeqLoss
 
 logger = logging.getLogger(__name__)
 
@@ -106,22 +113,56 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def lr_multiplier(schedule: str, step: int, warmup: int, total: int) -> float:
+    """Learning-rate multiplier of `train.schedule` at optimizer step `step`:
+
+        cosine        linear warmup, then cosine to 0 at `total` (the last step of the last epoch)
+        constant      linear warmup, then 1: no horizon, so any wall-clock budget can end it
+        inverse_sqrt  linear warmup, then sqrt(warmup / step) (T5's and RQ-VAE-Recommender's schedule)
+    """
+    if schedule not in ("cosine", "constant", "inverse_sqrt"):
+        raise ValueError(f"train.schedule must be cosine, constant or inverse_sqrt, got {schedule!r}")
+    if schedule == "cosine":
+        return warmup_cosine(step, warmup, total)
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    if schedule == "constant":
+        return 1.0
+    return math.sqrt(max(1, warmup) / (step + 1))                     # inverse_sqrt
+
+
 # --------------------------------------------------------------------------------------------
 # batches
 # --------------------------------------------------------------------------------------------
 class Collate:
-    """Examples -> padded `input_ids`, `attention_mask`, `labels` (-100 on padding)."""
+    """Pre-tokenized examples -> padded `input_ids`, `attention_mask`, `labels` (-100 on padding).
 
-    def __init__(self, tokenizer, max_input: int, max_target: int = 64):
-        self.tok, self.max_input, self.max_target = tokenizer, max_input, max_target
+    Each epoch's sources and targets are tokenized once, up front (`tokenize_epoch`), so batches can
+    be bucketed by their real token counts; a batch only pads.
+    """
 
-    def __call__(self, batch: list[Example]) -> dict[str, torch.Tensor]:
-        enc = self.tok([e.source for e in batch], padding=True, truncation=True,
-                       max_length=self.max_input, return_tensors="pt")
-        tgt = self.tok([e.target for e in batch], padding=True, truncation=True,
-                       max_length=self.max_target, return_tensors="pt")
-        labels = tgt.input_ids.masked_fill(tgt.attention_mask == 0, -100)  # (B, T) ignore padding
-        return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "labels": labels}
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        src_len = max(len(s) for s, _ in batch)
+        tgt_len = max(len(t) for _, t in batch)
+        input_ids = torch.full((len(batch), src_len), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), src_len), dtype=torch.long)
+        labels = torch.full((len(batch), tgt_len), -100, dtype=torch.long)
+        for i, (src, tgt) in enumerate(batch):
+            input_ids[i, :len(src)] = torch.as_tensor(src)
+            mask[i, :len(src)] = 1
+            labels[i, :len(tgt)] = torch.as_tensor(tgt)
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def tokenize_epoch(tokenizer, examples: list[Example], max_input: int, max_target: int
+                   ) -> list[tuple[list[int], list[int]]]:
+    """(source ids, target ids) of every example, truncated like the inference path's tokenizer call."""
+    src = tokenizer([e.source for e in examples], truncation=True, max_length=max_input).input_ids
+    tgt = tokenizer([e.target for e in examples], truncation=True, max_length=max_target).input_ids
+    return list(zip(src, tgt))
 
 
 def length_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int = 0,
@@ -130,8 +171,8 @@ def length_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, 
 
     Random order, then each window of `window * batch_size` examples is sorted by length and cut
     into batches, and the batches are shuffled. Padding to the longest input of a batch then wastes
-    less (an office epoch, batch 256, lengths in characters as `fit` passes them: 49% of a random
-    batch's tokens are real, 64% here), while every batch still comes from a random slice of the epoch. Under DDP each rank takes every `world`-th batch; the
+    less (`fit` passes real token counts), while every batch still comes from a random slice of the
+    epoch. Under DDP each rank takes every `world`-th batch; the
     last `len % world` batches are dropped so that every rank runs the same number of steps.
     """
     rng = np.random.default_rng([seed, epoch])
@@ -162,23 +203,36 @@ def n_length_batches(n: int, batch_size: int, world: int = 1, window: int = 32) 
 def validate(gm, requests: list[Request], k: int = 10, beams: int = 20, batch: int = 16,
              show: bool = True) -> dict[str, float]:
     """Full-ranking NDCG@k and Recall@k of rec and search requests (metric code of gensar.eval.metrics);
-    `ndcg@k` is their mean."""
+    `ndcg@k` is their mean. Diagnostics beside them, per task:
+
+        acc/l<t>             teacher-forced accuracy of the code at identifier depth t
+        first_code_in_beam   share of targets whose first code is the first code of one of the
+                             `beams` identifiers the beam search ends with
+
+    A model that cannot place the first code fails for another reason than one that loses the last.
+    """
     out: dict[str, float] = {}
     for behavior in ("rec", "search"):
         reqs = [r for r in requests if r.behavior == behavior]
         if not reqs:
             continue
+        space = "cid" if behavior == "rec" else "sid"
         ranked = []
         for i in tqdm(range(0, len(reqs), batch), desc=f"valid {behavior}", disable=not show, leave=False):
             chunk = reqs[i:i + batch]
-            if behavior == "rec":
-                hits = gm.recommend_batch([r.history for r in chunk], k, beams=beams)
-            else:
-                hits = gm.search_batch([r.query for r in chunk], [r.history for r in chunk], k, beams=beams)
+            sources = gm.sources(behavior, [r.history for r in chunk], [r.query for r in chunk])
+            hits = gm.generate_items(sources, space, beams, beams=beams)          # every final beam
             ranked += [[item for item, _ in items] for items in hits]
-        ranks = target_ranks(ranked, [r.target for r in reqs])           # 1-based, 0 = not in the top k
+        targets = [r.target for r in reqs]
+        ranks = target_ranks([r[:k] for r in ranked], targets)                   # 1-based, 0 = not in the top k
         out[f"{behavior}/ndcg@{k}"] = float(ndcg_at(ranks, k).mean())
         out[f"{behavior}/recall@{k}"] = float(hit_at(ranks, k).mean())
+        first = {item: codes[0] for item, codes in gm.codes[space].items()}
+        out[f"{behavior}/first_code_in_beam"] = float(np.mean(
+            [first[t] in {first[i] for i in r} for t, r in zip(targets, ranked)]))
+        sources = gm.sources(behavior, [r.history for r in reqs], [r.query for r in reqs])
+        for t, acc in enumerate(gm.level_accuracy(sources, space, targets)):
+            out[f"{behavior}/acc/l{t}"] = acc
     parts = [out[f"{b}/ndcg@{k}"] for b in ("rec", "search") if f"{b}/ndcg@{k}" in out]
     out[f"ndcg@{k}"] = sum(parts) / len(parts) if parts else 0.0
     return out
@@ -230,6 +284,9 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
     """Train `model` in place; at the end it holds the best weights. Returns a summary.
 
     `make_generator(model) -> GenSARModel` wraps the bare model for validation (rank 0 only).
+    Validation runs after every epoch, every `train.eval_every_steps` optimizer steps, and when the
+    `train.max_minutes` budget of training time (validation excluded) is spent, which ends training
+    cleanly: last checkpoint, best weights and metrics as after the last epoch.
     """
     device = device or pick_device(cfg.device, d.local_rank)
     ckpt_dir = Path(ckpt_dir)
@@ -237,7 +294,12 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model.to(device)
-    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if d.world > 1 else model
+    levels = LevelVocab(tokenizer, builder.ids) if cfg.id_loss == "level" else None
+    if cfg.id_loss not in ("full", "level"):
+        raise ValueError(f"train.id_loss must be full or level, got {cfg.id_loss!r}")
+    objective = Seq2SeqLoss(model, levels, cfg.label_smoothing)
+    net = (DDP(objective, device_ids=[device.index] if device.type == "cuda" else None)
+           if d.world > 1 else objective)
 
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -246,13 +308,17 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
     micro_per_epoch = n_length_batches(builder.epoch_size(), cfg.batch_size, d.world)
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
     total = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_ratio * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
+    warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else int(cfg.warmup_ratio * total)
+    lr_multiplier(cfg.schedule, 0, warmup, total)                      # fail early on an unknown schedule
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(cfg.schedule, s, warmup, total))
     amp = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    collate = Collate(tokenizer, cfg.max_input_tokens, max(cfg.max_query_tokens * 2, 16) + 8)
+    collate = Collate(tokenizer.pad_token_id)
+    max_target = max(cfg.max_query_tokens * 2, 16) + 8
+    budget = cfg.max_minutes * 60.0
 
-    start_epoch, best, best_epoch, bad, history = 0, -1.0, -1, 0, []
+    st = {"epoch": -1, "step": 0, "best": -1.0, "best_row": -1, "bad": 0, "history": [], "train_seconds": 0.0,
+          "out_of_time": False}
     state = load_checkpoint(ckpt_dir, fingerprint)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -260,52 +326,25 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
-        start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state["best_epoch"]
-        bad, history = state["bad_epochs"], state["history"]
+        st.update({k: state[k] for k in st})
         if d.main:
-            logger.info("train: resuming from %s after epoch %d (best ndcg@10 %.4f at epoch %d)",
-                        ckpt_dir / "last.pt", state["epoch"], best, best_epoch)
-    live = _open_live(live_dir, history) if d.main else None
-    logger.info("train: rank %d/%d on %s, %d examples/epoch, %d optimizer steps/epoch, %d epochs, amp %s",
-                d.rank, d.world, device, builder.epoch_size(), steps_per_epoch, cfg.epochs, amp)
+            logger.info("train: resuming from %s after epoch %d, step %d (best ndcg@10 %.4f)",
+                        ckpt_dir / "last.pt", st["epoch"], st["step"], st["best"])
+    live = _open_live(live_dir, st["history"]) if d.main else None
+    logger.info("train: rank %d/%d on %s, %d examples/epoch, %d optimizer steps/epoch, %d epochs%s, "
+                "loss over %s, lr %.1e %s (warmup %d), amp %s", d.rank, d.world, device, builder.epoch_size(),
+                steps_per_epoch, cfg.epochs, f", budget {cfg.max_minutes:g} min" if budget else "",
+                "each level's codes" if levels else "the whole vocabulary", cfg.lr, cfg.schedule, warmup, amp)
 
-    stopped = start_epoch >= cfg.epochs or bad >= cfg.patience
-    for epoch in range(start_epoch, cfg.epochs):
-        if stopped:
-            break
-        t0 = time.time()
-        examples = builder.epoch(epoch, cfg.seed)
-        lengths = np.array([len(e.source) for e in examples])   # characters: a cheap proxy for tokens
-        batches = length_batches(lengths, cfg.batch_size, cfg.seed, epoch, d.rank, d.world)
-        loader = DataLoader(examples, batch_sampler=batches, collate_fn=collate)
-        net.train()
-        loss_sum, n_batches, n_seen = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not d.main, mininterval=2.0)
-        for i, batch in enumerate(bar):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
-            sync = last_micro or d.world == 1
-            ctx = net.no_sync() if (d.world > 1 and not sync) else _null()
-            with ctx, torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = net(**batch).loss
-                scaler.scale(loss / cfg.grad_accum).backward()
-            if last_micro:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-            loss_sum += loss.item()
-            n_batches += 1
-            n_seen += batch["input_ids"].shape[0]
-            bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        train_time = time.time() - t0
-        row = {"epoch": epoch, "train/loss": loss_sum / max(1, n_batches),
-               "lr": scheduler.get_last_lr()[0], "examples": n_seen * d.world,
-               "examples_per_s": n_seen * d.world / max(train_time, 1e-9)}
+    since = {"loss": 0.0, "batches": 0, "examples": 0, "seconds": 0.0}   # since the last validation
 
-        # ---- validation on rank 0, decision broadcast to every rank
+    def checkpoint_row(epoch: int) -> bool:
+        """Validate (rank 0), keep the best weights, log a history row; True when patience ran out."""
+        row = {"epoch": epoch, "step": st["step"], "train_minutes": st["train_seconds"] / 60.0,
+               "train/loss": since["loss"] / max(1, since["batches"]), "lr": scheduler.get_last_lr()[0],
+               "examples": since["examples"] * d.world,
+               "examples_per_s": since["examples"] * d.world / max(since["seconds"], 1e-9)}
+        since.update(loss=0.0, batches=0, examples=0, seconds=0.0)
         metrics = [None]
         if d.main:
             t1 = time.time()
@@ -314,27 +353,91 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         if d.world > 1:
             dist.broadcast_object_list(metrics, src=0)
         row.update({f"valid/{k}": v for k, v in metrics[0].items()})
-        row["epoch_seconds"] = time.time() - t0
-        history.append(row)
+        st["history"].append(row)
         score = metrics[0]["ndcg@10"]
-        if score > best:
-            best, best_epoch, bad = score, epoch, 0
+        if score > st["best"]:
+            st.update(best=score, best_row=len(st["history"]) - 1, bad=0)
             if d.main:
                 _atomic_save(model.state_dict(), ckpt_dir / "best.pt")
         else:
-            bad += 1
-        stopped = bad >= cfg.patience
+            st["bad"] += 1
+        if d.main:
+            _log_live(live, row)
+            logger.info("epoch %d step %d (%.1f min): loss %.4f, valid ndcg@10 %.4f (rec %.4f, search %.4f; "
+                        "first code in beam %.3f / %.3f), %.1f ex/s", epoch, st["step"], row["train_minutes"],
+                        row["train/loss"], score, row.get("valid/rec/ndcg@10", float("nan")),
+                        row.get("valid/search/ndcg@10", float("nan")),
+                        row.get("valid/rec/first_code_in_beam", float("nan")),
+                        row.get("valid/search/first_code_in_beam", float("nan")), row["examples_per_s"])
+        return st["bad"] >= cfg.patience
+
+    def save_last(epoch: int) -> None:
         if d.main:
             _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                          "rng": _rng_state(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
-                          "bad_epochs": bad, "history": history, "fingerprint": fingerprint},
+                          "rng": _rng_state(), **{**st, "epoch": epoch}, "fingerprint": fingerprint},
                          ckpt_dir / "last.pt")
-            _log_live(live, row)
-            logger.info("epoch %d: loss %.4f, valid ndcg@10 %.4f (rec %.4f, search %.4f), %.1f ex/s, %.1f s%s",
-                        epoch, row["train/loss"], score, row.get("valid/rec/ndcg@10", float("nan")),
-                        row.get("valid/search/ndcg@10", float("nan")), row["examples_per_s"],
-                        row["epoch_seconds"], " (early stop)" if stopped else "")
+
+    stopped = st["out_of_time"] or st["bad"] >= cfg.patience
+    for epoch in range(st["epoch"] + 1, cfg.epochs):
+        if stopped:
+            break
+        t0 = time.perf_counter()
+        examples = builder.epoch(epoch, cfg.seed)
+        data = tokenize_epoch(tokenizer, examples, cfg.max_input_tokens, max_target)
+        lengths = np.array([len(src) for src, _ in data])               # real token counts
+        batches = length_batches(lengths, cfg.batch_size, cfg.seed, epoch, d.rank, d.world)
+        loader = DataLoader(data, batch_sampler=batches, collate_fn=collate)
+        since["seconds"] += time.perf_counter() - t0
+        st["train_seconds"] += time.perf_counter() - t0
+        net.train()
+        validated_at = -1
+        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not d.main, mininterval=2.0)
+        for i, batch in enumerate(bar):
+            t_step = time.perf_counter()
+            batch = {k: v.to(device) for k, v in batch.items()}
+            last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
+            sync = last_micro or d.world == 1
+            ctx = net.no_sync() if (d.world > 1 and not sync) else contextlib.nullcontext()
+            with ctx, torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = net(**batch)
+                scaler.scale(loss / cfg.grad_accum).backward()
+            if last_micro:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                st["step"] += 1
+            since["loss"] += loss.item()
+            since["batches"] += 1
+            since["examples"] += batch["input_ids"].shape[0]
+            elapsed = time.perf_counter() - t_step
+            since["seconds"] += elapsed
+            st["train_seconds"] += elapsed
+            bar.set_postfix(loss=f"{since['loss'] / max(1, since['batches']):.4f}",
+                            lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if not last_micro:
+                continue
+            out_of_time = bool(budget) and _agree(st["train_seconds"] >= budget, d)
+            due = (cfg.eval_every_steps and st["step"] % cfg.eval_every_steps == 0) or (
+                cfg.eval_every_minutes and _agree(
+                    st["train_seconds"] >= 60.0 * cfg.eval_every_minutes * (len(st["history"]) + 1), d))
+            if out_of_time or due:
+                validated_at = st["step"]
+                stopped = checkpoint_row(epoch)
+                if out_of_time:
+                    st["out_of_time"] = stopped = True
+                    logger.info("train: the %.1f-minute budget is spent after %d steps", cfg.max_minutes, st["step"])
+                if stopped:
+                    break
+                net.train()
+        if validated_at != st["step"]:
+            stopped = checkpoint_row(epoch) or stopped
+        save_last(epoch)
+        if stopped and d.main and st["bad"] >= cfg.patience:
+            logger.info("train: early stop after %d validations without improvement", st["bad"])
         barrier(d)
 
     # ---- the best weights end up in `model`
@@ -344,17 +447,22 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
     if live is not None:
         live.end()
-    return {"best_epoch": best_epoch, "best/ndcg@10": best, "epochs_run": len(history),
+    history = st["history"]
+    best_row = history[st["best_row"]] if st["best_row"] >= 0 else {}
+    return {"best_epoch": best_row.get("epoch", -1), "best_row": st["best_row"], "best_step": best_row.get("step", -1),
+            "best/ndcg@10": st["best"], "epochs_run": len({r["epoch"] for r in history}),
+            "steps": st["step"], "train_seconds": st["train_seconds"], "out_of_time": st["out_of_time"],
             "history": history, "world_size": d.world, "steps_per_epoch": steps_per_epoch,
-            "early_stopped": bool(stopped and len(history) < cfg.epochs)}
+            "early_stopped": bool(st["bad"] >= cfg.patience)}
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def _agree(flag: bool, d: Dist) -> bool:
+    """True on every rank when it is true on rank 0 (ranks' clocks differ; they must stop together)."""
+    if d.world <= 1:
+        return flag
+    box = [flag]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
 
 
 def _open_live(live_dir, history: list[dict]):

@@ -47,7 +47,11 @@ logger = logging.getLogger(__name__)
 
 # the graphs' interface (gensar.export.onnx writes it into meta.json; defined here so serving needs no torch)
 # /2: fused-kernel graphs whose decoder steps return log-probs of the requested tokens
-EXPORT_FORMAT = "gensar-onnx/2"
+# /3: generation settings also say how histories render twins and which scores the model was trained on
+EXPORT_FORMAT = "gensar-onnx/3"
+# full: HF's whole-vocabulary log-softmax | allowed: over the trie's allowed tokens | level: over each
+# identifier level's codes (models trained with train.id_loss: level); auto: what the export says
+NORMALIZE = ("full", "allowed", "level")
 
 
 class Hit(NamedTuple):
@@ -245,15 +249,20 @@ def best_candidates(allowed: np.ndarray, score: np.ndarray, logp: np.ndarray, b:
 
 def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.ndarray, trie: TrieTables,
                 level_weights: list[np.ndarray], num_beams: int, start_id: int, eos_id: int | None,
-                normalize: str = "full") -> list[list[tuple[str, float]]]:
+                normalize: str = "full", code_weights: list[np.ndarray] | None = None,
+                code_index: list[np.ndarray] | None = None) -> list[list[tuple[str, float]]]:
     """Best `num_beams` identifiers of `trie` for each of the B encoder inputs, best first.
 
     level_weights[t]: output-embedding columns of trie.vocab[t] [D, V_t]. eos_id: score the EOS that follows a
-    complete identifier (as the PyTorch path does), None to skip it. Returns per request a list of
-    (item_id, summed log-probability); beams that found no valid identifier are dropped.
+    complete identifier (as the PyTorch path does), None to skip it. `normalize="level"` (models
+    trained with `train.id_loss: level`): code_weights[t] [D, K] are the columns of every code of
+    depth t's level and code_index[t] [V_t] the position of each trie token among them; the
+    log-softmax runs over the K codes (the training distribution) and EOS is forced (log 1 = 0).
+    Returns per request a list of (item_id, summed log-probability); beams that found no valid
+    identifier are dropped.
     """
-    if normalize not in ("full", "allowed"):
-        raise ValueError(f"normalize must be 'full' or 'allowed', got {normalize!r}")
+    if normalize not in NORMALIZE:
+        raise ValueError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
     b = input_ids.shape[0]
     full = normalize == "full"
     cross = model.encode(input_ids, attention_mask)
@@ -267,6 +276,11 @@ def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.nd
         allowed = trie.allowed(t, node)                                       # [R, V_t]
         if full:
             logp, present = model.step(tokens, attention_mask, cross, past, token_ids=vocab)
+        elif normalize == "level":
+            every = np.ones((len(tokens), code_weights[t].shape[1]), dtype=bool)
+            logp, present = model.step(tokens, attention_mask, cross, past, token_weight=code_weights[t],
+                                       token_mask=every)
+            logp = logp[:, code_index[t]]                                     # [R, V_t]
         else:
             logp, present = model.step(tokens, attention_mask, cross, past, token_weight=level_weights[t],
                                        token_mask=allowed)
@@ -281,7 +295,7 @@ def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.nd
         # score the EOS after the identifier too: add log p(EOS | identifier)
         logp, _ = model.step(tokens, attention_mask, cross, past, token_ids=np.array([eos_id], dtype=np.int64))
         score = score + logp[:, 0]
-    # (normalize="allowed": EOS is the only allowed token there, log 1 = 0)
+    # (normalize="allowed" or "level": EOS is the only allowed token there, log 1 = 0)
     score = score.reshape(b, per)
     items = trie.leaf_item[node].reshape(b, per)
     out = []
@@ -297,7 +311,7 @@ def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.nd
 class Runtime:
     """recommend / search on an export folder (`models/onnx`), the same API as GenSARModel."""
 
-    def __init__(self, export_dir: str | Path, beams: int = 20, normalize: str = "full",
+    def __init__(self, export_dir: str | Path, beams: int = 20, normalize: str = "auto",
                  provider: str = "auto", threads: int = 1, spin: bool = False):
         from gensar.model.prompts import IdentifierMap
         from gensar.model.tokenizer import load_tokenizer
@@ -312,12 +326,17 @@ class Runtime:
             raise ValueError(f"{meta_path}: export format {self.meta.get('format')!r}, this runtime reads "
                              f"{EXPORT_FORMAT!r}; re-run `python -m gensar.stages.export`")
         self.export_dir = export_dir
-        self.beams, self.normalize = beams, normalize
         gen = self.meta["generation"]
+        if normalize == "auto":              # the scores the model was trained to give
+            normalize = gen.get("normalize", "full")
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize must be auto or one of {', '.join(NORMALIZE)}, got {normalize!r}")
+        self.beams, self.normalize = beams, normalize
         self.start_id, self.eos_id = gen["decoder_start_token_id"], gen["eos_token_id"]
         self.score_eos = bool(gen.get("score_eos", True))
         self.max_input_tokens = gen["max_input_tokens"]
-        self.prompt_kw = {"history_len": gen["history_len"], "max_query_words": gen["max_query_words"]}
+        self.prompt_kw = {"history_len": gen["history_len"], "max_query_words": gen["max_query_words"],
+                          "twins": gen["history_twins"]}
         self.model = OnnxSeq2Seq(export_dir, provider, threads, spin)
         self.tokenizer = load_tokenizer(export_dir / "tokenizer")
         # the Rust tokenizer with the same truncation, encoding one source at a time: its batch
@@ -334,9 +353,24 @@ class Runtime:
         tries = np.load(export_dir / "trie.npz", allow_pickle=False)
         item_ids = [str(i) for i in tries["item_ids"]]
         self.tries = {space: TrieTables(tries[f"{space}_tokens"], item_ids) for space in ("sid", "cid")}
+        self.id_tokens = {space: tries[f"{space}_tokens"] for space in ("sid", "cid")}   # [n_items, L]
+        self.item_row = {item: i for i, item in enumerate(item_ids)}
         # output-embedding columns of each depth's tokens (normalize=allowed scores only those)
         self.level_weights = {space: [np.ascontiguousarray(self.model.lm_head[v].T) for v in trie.vocab]
                               for space, trie in self.tries.items()}
+        # every code of each depth's level (normalize=level scores over those) and where the trie's tokens are
+        groups = self.ids.level_groups()
+        self.code_weights, self.code_index, self.code_pos = {}, {}, {}
+        for space, trie in self.tries.items():
+            codes = [np.array(self.tokenizer.convert_tokens_to_ids(groups[g]), dtype=np.int64)
+                     for g in self.ids.space_groups(space)]
+            self.code_weights[space] = [np.ascontiguousarray(self.model.lm_head[c].T) for c in codes]
+            self.code_pos[space] = []                   # token id -> its index among its depth's codes
+            for c in codes:
+                pos = np.full(len(self.tokenizer), -1, dtype=np.int64)
+                pos[c] = np.arange(len(c))
+                self.code_pos[space].append(pos)
+            self.code_index[space] = [pos[v] for pos, v in zip(self.code_pos[space], trie.vocab)]
         logger.info("runtime: %s loaded: %d items, beams %d, normalize=%s", export_dir, len(item_ids),
                     beams, normalize)
 
@@ -366,30 +400,56 @@ class Runtime:
             mask[i, :len(r)] = 1
         return ids, mask
 
+    def candidate_trie(self, space: str, candidates: Sequence[str]) -> TrieTables:
+        """The trie of just these items (the 100-candidate protocol)."""
+        items = list(dict.fromkeys(str(c) for c in candidates))
+        unknown = [c for c in items if c not in self.item_row]
+        if unknown:
+            raise UnknownItemsError(unknown)
+        return TrieTables(self.id_tokens[space][[self.item_row[c] for c in items]], items)
+
+    def _search(self, ids: np.ndarray, mask: np.ndarray, space: str, trie: TrieTables, beams: int):
+        if trie is self.tries[space]:
+            level_w, code_i = self.level_weights[space], self.code_index[space]
+        else:
+            level_w = [np.ascontiguousarray(self.model.lm_head[v].T) for v in trie.vocab]
+            code_i = [pos[v] for pos, v in zip(self.code_pos[space], trie.vocab)]
+        return beam_search(self.model, ids, mask, trie, level_w, beams, self.start_id,
+                           self.eos_id if self.score_eos else None, self.normalize,
+                           self.code_weights[space], code_i)
+
     def generate_items(self, sources: Sequence[str], space: str, ks: Sequence[int],
-                       beams: int | None = None) -> list[list[Hit]]:
+                       beams: int | None = None, candidates: Sequence[Sequence[str]] | None = None
+                       ) -> list[list[Hit]]:
+        """Top-k hits of each source; with `candidates`, each request ranks only its own items
+        (one beam search per request over the trie of its candidates)."""
         if not sources:
             return []
         beams = max(beams or self.beams, max(ks))
         ids, mask = self.encode_sources(sources)
         t0 = time.perf_counter()
-        ranked = beam_search(self.model, ids, mask, self.tries[space], self.level_weights[space], beams,
-                             self.start_id, self.eos_id if self.score_eos else None, self.normalize)
+        if candidates is None:
+            ranked = self._search(ids, mask, space, self.tries[space], beams)
+        else:
+            ranked = [self._search(ids[i:i + 1], mask[i:i + 1], space, self.candidate_trie(space, c), beams)[0]
+                      for i, c in enumerate(candidates)]
         logger.debug("runtime: %d %s requests in %.1f ms", len(sources), space, 1e3 * (time.perf_counter() - t0))
         return [[Hit(item, self.titles.get(item, ""), score) for item, score in r[:k]] for r, k in zip(ranked, ks)]
 
     def recommend_batch(self, histories: Sequence[Sequence], ks: int | Sequence[int] = 10,
-                        beams: int | None = None) -> list[list[Hit]]:
+                        beams: int | None = None, candidates: Sequence[Sequence[str]] | None = None
+                        ) -> list[list[Hit]]:
         from gensar.model import prompts
 
         ks = [ks] * len(histories) if isinstance(ks, int) else list(ks)
         for h in histories:
             self.check_history(h)
         sources = [prompts.rec_input(h, self.ids, **self.prompt_kw) for h in histories]
-        return self.generate_items(sources, "cid", ks, beams)
+        return self.generate_items(sources, "cid", ks, beams, candidates)
 
     def search_batch(self, queries: Sequence[str], histories: Sequence[Sequence],
-                     ks: int | Sequence[int] = 10, beams: int | None = None) -> list[list[Hit]]:
+                     ks: int | Sequence[int] = 10, beams: int | None = None,
+                     candidates: Sequence[Sequence[str]] | None = None) -> list[list[Hit]]:
         from gensar.model import prompts
 
         if len(queries) != len(histories):
@@ -398,7 +458,7 @@ class Runtime:
         for h in histories:
             self.check_history(h)
         sources = [prompts.search_input(q, h, self.ids, **self.prompt_kw) for q, h in zip(queries, histories)]
-        return self.generate_items(sources, "sid", ks, beams)
+        return self.generate_items(sources, "sid", ks, beams, candidates)
 
     def recommend(self, history: Sequence, k: int = 10) -> list[Hit]:
         """Top-k items to recommend after `history` (events; empty = cold start), best first."""

@@ -33,9 +33,11 @@ from gensar.io import atomic_path, write_json
 from gensar.logs import FORMAT, setup_logging
 from gensar.model.examples import ExampleBuilder, eval_requests, sample_users, user_events
 from gensar.model.generate import GenSARModel
+from gensar.model.levels import LevelVocab, init_code_embeddings
 from gensar.model.prompts import IdentifierMap
 from gensar.model.t5 import build_model, load_model, resize_vocab, save_model
 from gensar.model.tokenizer import extend_tokenizer, load_tokenizer, train_tokenizer
+from gensar.stages.identifiers import load_model as load_rqvae
 from gensar.model.train import barrier, cleanup_distributed, fit, pick_device, setup_distributed
 
 logger = logging.getLogger(__name__)
@@ -118,6 +120,11 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
             logger.info("model: warm start from %s, %d embedding rows added", init, added)
         else:
             model = build_model(params.model, len(tok), tok.pad_token_id, tok.eos_token_id)
+            if cfg.init_codes:
+                codebooks = {name: q.codebook.detach().cpu().numpy()
+                             for name, q in load_rqvae(ids / "rqvae.pt").quantizers()}
+                done = init_code_embeddings(model, LevelVocab(tok, idmap), codebooks, cfg.seed)
+                logger.info("model: identifier embeddings of %s start from the RQ-VAE codebooks", ", ".join(done))
         fingerprint = _sha(to_dict(params.model), to_dict(params.train), len(tok), data_version,
                            str(init or ""), d.world, tok_key if d.main else "", _code_version())
         if d.world > 1:  # rank 0 alone knows the tokenizer key; every rank needs the same fingerprint
@@ -130,14 +137,17 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
 
         summary = fit(model, tok, builder, make_generator, valid, cfg, ckpt, live, fingerprint, d, device)
 
-        result = {"best_epoch": summary["best_epoch"], "valid/ndcg@10": summary["best/ndcg@10"]}
-        if summary["history"] and summary["best_epoch"] >= 0:
-            best_row = summary["history"][summary["best_epoch"]]
+        result = {"best_epoch": summary["best_epoch"], "best_step": summary["best_step"],
+                  "valid/ndcg@10": summary["best/ndcg@10"]}
+        if summary["history"] and summary["best_row"] >= 0:
+            best_row = summary["history"][summary["best_row"]]
             result.update({k: v for k, v in best_row.items() if k.startswith("valid/")})
             result["train/loss"] = best_row["train/loss"]
         hist = summary["history"]
         result.update({
             "epochs_run": summary["epochs_run"], "early_stopped": summary["early_stopped"],
+            "steps": summary["steps"], "train_minutes": round(summary["train_seconds"] / 60.0, 2),
+            "out_of_time": summary["out_of_time"],
             "world_size": d.world, "examples_per_epoch": builder.epoch_size(),
             "examples_per_s": (sum(r["examples"] for r in hist) /
                                max(1e-9, sum(r["examples"] / r["examples_per_s"] for r in hist))) if hist else 0.0,

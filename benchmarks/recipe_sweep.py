@@ -1,0 +1,168 @@
+"""Training-recipe ablation: the same data and identifiers, one variant of `train.*` per run, each
+trained for the same wall-clock budget, validated at the same minutes; a table and learning curves.
+
+    python benchmarks/recipe_sweep.py --work OFFICE_WORK --ids OFFICE_WORK/ids/gensar --out runs/sweep \
+        --minutes 5 --variants today,level,clicks,constant,combined [--lanes 2]
+
+`--work` is a prepared work dir (the benchmark's: `prepared/canonical`); every variant is a dict of
+params overrides on top of `--params` and `--base` (VARIANTS below). `--lanes 2` runs two variants at a
+time, each on one thread (two single-thread jobs on two cores; never more jobs than cores). Writes
+`<out>/<variant>/` (model, metrics, history), `<out>/sweep.json`, `<out>/sweep.md` (best validation
+NDCG@10 of rec and search and the diagnostics at the end, per variant) and `<out>/curves.csv`
+(variant, train minutes, validation NDCG@10 rec/search: the learning curves as a DVC plot source).
+Variants whose `metrics.json` exists are not rerun.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLICKS = {"train.history_twins": "rec"}
+LEVEL = {"train.id_loss": "level"}
+CONSTANT = {"train.schedule": "constant", "train.lr": 2e-3, "train.warmup_steps": 50}
+COMBINED = {**LEVEL, **CLICKS, "train.history_len": 10, **CONSTANT}
+
+# "today": the recipe before issue 14: every event of a click shown (paper-mode twins), ~5 events
+# (3 clicks = 6 events), full-vocabulary loss, cosine over 10 epochs at lr 1e-3
+TODAY = {"train.history_twins": "both", "train.history_len": 3, "train.id_loss": "full",
+         "train.schedule": "cosine", "train.lr": 1e-3, "train.warmup_steps": 0}
+VARIANTS = {
+    "today": TODAY,
+    "level": {**TODAY, **LEVEL},
+    "clicks10": {**TODAY, **CLICKS, "train.history_len": 10},
+    "constant": {**TODAY, **CONSTANT},
+    "combined": {**TODAY, **COMBINED},
+    "combined-h5": {**TODAY, **COMBINED, "train.history_len": 5},
+    "combined-h20": {**TODAY, **COMBINED, "train.history_len": 20},
+    "combined-codes": {**TODAY, **COMBINED, "train.init_codes": True},
+    "combined-lr5e-3": {**TODAY, **COMBINED, "train.lr": 5e-3},
+    "combined-lr1e-3": {**TODAY, **COMBINED, "train.lr": 1e-3},
+    "combined-b128": {**TODAY, **COMBINED, "train.batch_size": 128},
+    "combined-b512": {**TODAY, **COMBINED, "train.batch_size": 512},
+    "combined-isqrt": {**TODAY, **COMBINED, "train.schedule": "inverse_sqrt", "train.lr": 5e-3,
+                       "train.warmup_steps": 100},
+    "combined-search-twins": {**TODAY, **COMBINED, "train.history_twins": "search"},
+    "combined-rec-search-only": {**TODAY, **COMBINED,
+                                 "train.tasks": {"rec": 1.0, "search": 1.0, "query": 0.0, "adhoc": 0.0,
+                                                 "align": 0.0}},
+}
+
+
+def run_variant(name: str, overrides: dict, args) -> subprocess.Popen:
+    out = Path(args.out) / name
+    out.mkdir(parents=True, exist_ok=True)
+    sets = {**overrides, "train.max_minutes": args.minutes, "train.eval_every_minutes": args.eval_minutes,
+            "train.epochs": args.epochs, "train.patience": 1000, "train.eval_users": args.eval_users,
+            "train.cpu_threads": args.threads, "train.device": "cpu"}
+    cmd = [sys.executable, "-m", "gensar.stages.train", "--params", args.params,
+           "--canonical", str(Path(args.work) / "prepared/canonical"), "--ids", args.ids,
+           "--out", str(out / "t5"), "--metrics", str(out / "metrics.json"), "--live", ""]
+    for k, v in {**json.loads(args.base), **sets}.items():
+        cmd += ["--set", f"{k}={json.dumps(v)}"]
+    log = open(out / "train.log", "w")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    print(f"[{time.strftime('%H:%M:%S')}] start {name} (load {os.getloadavg()[0]:.2f})", flush=True)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def collect(names: list[str], out: Path) -> dict:
+    results = {}
+    for name in names:
+        path = out / name / "metrics.json"
+        if not path.exists():
+            continue
+        metrics = json.loads(path.read_text())
+        history = json.loads((out / name / "t5" / "history.json").read_text())
+        results[name] = {"overrides": VARIANTS[name], "metrics": metrics, "history": history,
+                         "load": json.loads((out / name / "load.json").read_text())
+                         if (out / name / "load.json").exists() else None}
+    return results
+
+
+def to_markdown(results: dict, minutes: float) -> str:
+    lines = [f"# Recipe sweep: {minutes:g} training minutes per variant", "",
+             "Best validation row (selection: mean NDCG@10 of rec and search); full ranking over all items. "
+             "`acc l0..` = teacher-forced accuracy per identifier depth, `first` = share of targets whose first "
+             "code survives the beam, at the last validation.", "",
+             "| variant | steps | ex/s | rec N@10 | rec R@10 | search N@10 | search R@10 | rec acc l0/l1/l2/l3 | "
+             "search acc l0/l1/l2/l3 | rec first | search first | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        m, last = r["metrics"], r["history"][-1]
+
+        def acc(task):
+            return "/".join(f"{last.get(f'valid/{task}/acc/l{t}', float('nan')):.2f}" for t in range(4))
+        load = r.get("load") or {}
+        lines.append(
+            f"| {name} | {m.get('steps')} | {m.get('examples_per_s', 0):.0f} | {m.get('valid/rec/ndcg@10', 0):.4f} | "
+            f"{m.get('valid/rec/recall@10', 0):.4f} | {m.get('valid/search/ndcg@10', 0):.4f} | "
+            f"{m.get('valid/search/recall@10', 0):.4f} | {acc('rec')} | {acc('search')} | "
+            f"{last.get('valid/rec/first_code_in_beam', float('nan')):.3f} | "
+            f"{last.get('valid/search/first_code_in_beam', float('nan')):.3f} | "
+            f"{load.get('start', float('nan')):.2f}-{load.get('end', float('nan')):.2f} |")
+    lines += ["", "Learning curves (validation NDCG@10 rec / search at each validation, by training minutes):", ""]
+    for name, r in results.items():
+        pts = ", ".join(f"{h['train_minutes']:.1f}: {h.get('valid/rec/ndcg@10', 0):.4f}/"
+                        f"{h.get('valid/search/ndcg@10', 0):.4f}" for h in r["history"])
+        lines.append(f"- {name}: {pts}")
+    return "\n".join(lines) + "\n"
+
+
+def write_curves(results: dict, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["variant", "train_minutes", "step", "rec_ndcg10", "search_ndcg10", "loss"])
+        for name, r in results.items():
+            for h in r["history"]:
+                w.writerow([name, round(h["train_minutes"], 3), h["step"], round(h.get("valid/rec/ndcg@10", 0), 5),
+                            round(h.get("valid/search/ndcg@10", 0), 5), round(h["train/loss"], 5)])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", required=True, help="prepared work dir (prepared/canonical)")
+    ap.add_argument("--ids", required=True, help="identifier map folder")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--base", default="{}", help="JSON overrides applied to every variant")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--minutes", type=float, default=5.0, help="training budget per variant")
+    ap.add_argument("--eval-minutes", type=float, default=1.67, help="validate every N training minutes")
+    ap.add_argument("--eval-users", type=int, default=300)
+    ap.add_argument("--epochs", type=int, default=10, help="train.epochs (the cosine's horizon; the budget ends runs first)")
+    ap.add_argument("--lanes", type=int, default=1, help="variants trained at once (one thread each when > 1)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default 2 // lanes)")
+    args = ap.parse_args(argv)
+    args.threads = args.threads or max(1, 2 // args.lanes)
+    out = Path(args.out)
+    names = [v for v in args.variants.split(",") if v]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
+    todo = [n for n in names if not (out / n / "metrics.json").exists()]
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    while todo or running:
+        while todo and len(running) < args.lanes:
+            name = todo.pop(0)
+            running[name] = (run_variant(name, VARIANTS[name], args), os.getloadavg()[0])
+        time.sleep(5)
+        for name, (proc, load0) in list(running.items()):
+            if proc.poll() is not None:
+                (out / name / "load.json").write_text(json.dumps({"start": load0, "end": os.getloadavg()[0]}))
+                print(f"[{time.strftime('%H:%M:%S')}] {name} exited {proc.returncode}", flush=True)
+                del running[name]
+                results = collect(names, out)
+                (out / "sweep.json").write_text(json.dumps(results, indent=1, default=str))
+                (out / "sweep.md").write_text(to_markdown(results, args.minutes))
+                write_curves(results, out / "curves.csv")
+    print((out / "sweep.md").read_text() if (out / "sweep.md").exists() else "nothing ran")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Identifier-aware output: each identifier position is a softmax over its own level's codes.
+
+An identifier token `<{kind}{level}_{code}>` can only ever appear at position `level` of an
+identifier of its kind (`gensar.ids.tokens`). Scoring it against the whole vocabulary (~10k word
+pieces + identifier tokens) makes the model spend most of its output compute, and most of what it
+must learn, on ruling out text it can never emit there. With `train.id_loss: level`:
+
+    training   the target token at an identifier position is scored against the K codes of its
+               level only (K = codebook size, 256):  logits = h_t @ E[level tokens]^T   [n, K]
+               (E is the tied output embedding); text targets keep the whole vocabulary; the EOS
+               that follows an identifier is not scored (decoding forces it)
+    decoding   log_softmax over the same K codes at each depth, then the trie's mask
+               (`LevelTrieProcessor` for HF `generate`, `normalize="level"` in the onnxruntime
+               runtime), so training and serving score exactly the same distribution.
+
+`LevelVocab` holds, per level group (`h0`, `h1`, `s2`, `c2`, ..., `d4`; `IdentifierMap.level_groups`),
+the token ids of its codes in code order, the inverse lookups token id -> (group, local index), and
+`space[sid|cid][t]`: the group token ids of identifier position t.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import LogitsProcessor
+
+from gensar.model.prompts import IdentifierMap
+from gensar.model.tokenizer import check_single_tokens
+
+class LevelVocab:
+    """Token ids of every identifier level group, and token id -> group / local index tables."""
+
+    def __init__(self, tokenizer, ids: IdentifierMap):
+        by_group = ids.level_groups()
+        self.names = sorted(by_group, key=lambda g: (int(g[1:]), g[0]))
+        self.groups: list[np.ndarray] = []
+        vocab = len(tokenizer)
+        self.group_of = np.full(vocab, -1, dtype=np.int64)        # token id -> level group (-1: text)
+        self.local_of = np.zeros(vocab, dtype=np.int64)           # token id -> index inside its group
+        for g, name in enumerate(self.names):
+            tid = np.array(check_single_tokens(tokenizer, by_group[name]), dtype=np.int64)
+            self.groups.append(tid)
+            self.group_of[tid] = g
+            self.local_of[tid] = np.arange(len(tid))
+        self.eos = tokenizer.eos_token_id
+        self._torch: dict = {}
+        # space -> the group token ids of each identifier position
+        self.space = {space: [self.groups[self.names.index(g)] for g in ids.space_groups(space)]
+                      for space in ("sid", "cid")}
+
+    def tensors(self, device) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        key = str(device)
+        if key not in self._torch:
+            self._torch[key] = (torch.as_tensor(self.group_of, device=device),
+                                torch.as_tensor(self.local_of, device=device),
+                                [torch.as_tensor(g, device=device) for g in self.groups])
+        return self._torch[key]
+
+    # ----------------------------------------------------------------------------------------
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
+             label_smoothing: float = 0.0) -> torch.Tensor:
+        """Mean cross-entropy over the scored target positions.
+
+        hidden [B, T, D]: decoder outputs already scaled as T5 scales them before `lm_head`;
+        labels [B, T] (-100 = padding); weight [V, D]: the output embedding. Identifier positions
+        are scored over their level's codes, text positions over the whole vocabulary; the EOS right
+        after an identifier token is skipped.
+        """
+        group_of, local_of, groups = self.tensors(labels.device)
+        y = labels.reshape(-1)                                             # [B*T]
+        h = hidden.reshape(-1, hidden.shape[-1])                           # [B*T, D]
+        g = torch.where(y >= 0, group_of[y.clamp(min=0)], torch.full_like(y, -2))   # -2 padding, -1 text
+        prev = torch.cat([torch.full_like(labels[:, :1], -100), labels[:, :-1]], 1).reshape(-1)
+        after_id = (y == self.eos) & (prev >= 0) & (group_of[prev.clamp(min=0)] >= 0)
+        g = torch.where(after_id, torch.full_like(g, -2), g)
+        total, count = hidden.new_zeros(()), 0
+        for gi, toks in enumerate(groups):
+            sel = (g == gi).nonzero().squeeze(1)
+            if len(sel):
+                logits = h[sel] @ weight[toks].T                          # [n_g, K]
+                total = total + F.cross_entropy(logits, local_of[y[sel]], reduction="sum",
+                                                label_smoothing=label_smoothing)
+                count += len(sel)
+        sel = (g == -1).nonzero().squeeze(1)
+        if len(sel):
+            logits = h[sel] @ weight.T                                     # [n_text, V]
+            total = total + F.cross_entropy(logits, y[sel], reduction="sum", label_smoothing=label_smoothing)
+            count += len(sel)
+        return total / max(count, 1)
+
+
+def t5_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+              ) -> torch.Tensor:
+    """T5's decoder outputs for teacher forcing, scaled as `T5ForConditionalGeneration` scales them
+    before `lm_head` ([B, T, D]); the same computation as its forward, without the full logits."""
+    enc = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    dec = model.decoder(input_ids=model._shift_right(labels), encoder_hidden_states=enc,
+                        encoder_attention_mask=attention_mask).last_hidden_state
+    if model.config.scale_decoder_outputs:
+        dec = dec * (model.model_dim ** -0.5)
+    return dec
+
+
+class Seq2SeqLoss(torch.nn.Module):
+    """The training objective as a module (so DDP wraps one forward): HF's full-vocabulary loss, or
+    the identifier-aware loss of `LevelVocab` when `levels` is given."""
+
+    def __init__(self, model, levels: LevelVocab | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.model, self.levels, self.label_smoothing = model, levels, label_smoothing
+
+    def forward(self, input_ids, attention_mask, labels):
+        if self.levels is None:
+            if self.label_smoothing:
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits
+                return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                       ignore_index=-100, label_smoothing=self.label_smoothing)
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        hidden = t5_hidden(self.model, input_ids, attention_mask, labels)
+        return self.levels.loss(hidden, labels, self.model.lm_head.weight, self.label_smoothing)
+
+
+class LevelTrieProcessor(LogitsProcessor):
+    """Constrained decoding for HF `generate` with identifier-aware scores.
+
+    At depth t (tokens decoded after the start token) every row gets log_softmax over its level's
+    codes (the training distribution), then -inf outside the children of its trie node; after a
+    complete identifier only EOS, with log-probability 0. `tries[b]` is the trie of request b
+    (rows are request-major, `beams` rows per request).
+    """
+
+    def __init__(self, tries, level_groups: list[np.ndarray], beams: int, eos: int):
+        self.tries, self.beams, self.eos = tries, beams, eos
+        self.level_groups = [torch.as_tensor(g) for g in level_groups]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        t = input_ids.shape[1] - 1                                          # identifier tokens so far
+        out = torch.full_like(scores, float("-inf"))
+        if t >= len(self.level_groups):
+            out[:, self.eos] = 0.0
+            return out
+        toks = self.level_groups[t].to(scores.device)
+        level = torch.log_softmax(scores[:, toks], dim=-1)                  # [R, K]
+        mask = torch.zeros_like(scores, dtype=torch.bool)
+        prefixes = input_ids[:, 1:].tolist()
+        for row, prefix in enumerate(prefixes):
+            node = self.tries[row // self.beams].walk(prefix)
+            if node >= 0:
+                mask[row, torch.as_tensor(self.tries[row // self.beams].allowed(node), dtype=torch.long)] = True
+        out[:, toks] = level
+        out = out.masked_fill(~mask, float("-inf"))
+        dead = ~mask.any(1)              # finished or invalid prefix: only EOS, as the trie rule of `full`
+        out[dead, self.eos] = 0.0
+        return out
+
+
+@torch.no_grad()
+def init_code_embeddings(model, levels: LevelVocab, codebooks: dict[str, np.ndarray], seed: int = 0) -> list[str]:
+    """Start identifier-token embeddings from the RQ-VAE codebooks (`train.init_codes`).
+
+    The rows of level group `name` become `codebooks[name] @ P` with P a fixed Gaussian projection
+    [code dim, d_model] (so codes close in the RQ-VAE's space start close in the T5's), centred and
+    scaled to the embedding matrix's standard deviation. Returns the groups initialised; groups
+    without a codebook (the disambiguation code) keep their random rows.
+    """
+    weight = model.get_input_embeddings().weight                          # [V, D], tied to lm_head
+    std = weight.std()
+    gen = torch.Generator().manual_seed(seed)
+    done = []
+    for name, codebook in codebooks.items():
+        if name not in levels.names:
+            continue
+        toks = torch.as_tensor(levels.groups[levels.names.index(name)])
+        cb = torch.as_tensor(np.asarray(codebook), dtype=torch.float32)[:len(toks)]    # [K, d_code]
+        proj = torch.randn(cb.shape[1], weight.shape[1], generator=gen) / cb.shape[1] ** 0.5
+        rows = cb @ proj                                                              # [K, D]
+        rows = rows - rows.mean(0)
+        rows = rows / rows.std().clamp(min=1e-8) * std
+        weight[toks[:len(rows)]] = rows.to(weight.dtype)
+        done.append(name)
+    return done

@@ -1,0 +1,169 @@
+"""The training recipe of issue 14: click histories, identifier-aware loss and decoding, schedules,
+the wall-clock budget, codebook-initialised code embeddings and the validation diagnostics."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from gensar.config import ModelConfig, TrainConfig
+from gensar.model import prompts
+from gensar.model.examples import Event, ExampleBuilder, eval_requests, user_events
+from gensar.model.generate import GenSARModel
+from gensar.model.levels import LevelVocab, Seq2SeqLoss, init_code_embeddings, t5_hidden
+from gensar.model.prompts import IdentifierMap
+from gensar.model.t5 import build_model
+from gensar.model.tokenizer import train_tokenizer
+from gensar.model.train import Dist, fit, lr_multiplier, validate
+from tests.test_model_data import make_tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    paths = make_tiny_dataset(tmp_path_factory.mktemp("recipe"))
+    c = paths["canonical"]
+    items, inter, queries = (pd.read_parquet(c / f"{n}.parquet") for n in ("items", "interactions", "queries"))
+    ids = IdentifierMap.load(paths["ids"])
+    tok = train_tokenizer(items["text"].tolist() + queries["text"].tolist(), ids.tokens(), vocab_size=300)
+    return {**paths, "items": items, "inter": inter, "queries": queries, "ids": ids, "tok": tok}
+
+
+def _model(tok, seed=0):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(size="tiny", vocab_size=300, dropout=0.0), len(tok), tok.pad_token_id,
+                       tok.eos_token_id)
+
+
+# --------------------------------------------------------------------------------------------
+def test_twin_events_are_one_click(tiny):
+    """Paper mode: the rec and search twins of a click share a step; history_len counts clicks and
+    each click is rendered once (its CID, its query + SID, or both by `twins`)."""
+    ids = tiny["ids"]
+    a, b, c = ids.item_ids[:3]
+    hist = [Event("rec", a, None, 0), Event("search", a, "desk lamp", 0),
+            Event("rec", b, None, 1), Event("search", b, "pen", 1), Event("rec", c, None, 2)]
+    cid = {i: "".join(ids.cid_tokens(i)) for i in (a, b, c)}
+    sid = {i: "".join(ids.sid_tokens(i)) for i in (a, b, c)}
+    assert prompts.render_history(hist, ids, history_len=2) == f"<rec> {cid[b]} <rec> {cid[c]}"
+    assert prompts.render_history(hist, ids, history_len=2, twins="search") == \
+        f"<query> pen <click> {sid[b]} <rec> {cid[c]}"
+    both = prompts.render_history(hist, ids, history_len=2, twins="both")
+    assert both == f"<rec> {cid[b]} <query> pen <click> {sid[b]} <rec> {cid[c]}"
+    assert len(prompts.history_clicks(hist)) == 3
+    # API histories (no steps) are one click per event, whatever repeats
+    api = [("rec", a, None), ("rec", a, None)]
+    assert prompts.render_history(api, ids, history_len=5) == f"<rec> {cid[a]} <rec> {cid[a]}"
+    with pytest.raises(ValueError, match="twins"):
+        prompts.render_history(hist, ids, twins="neither")
+
+
+def test_examples_show_history_len_clicks(tiny):
+    """A training example's history has `history_len` clicks even though each click is two events."""
+    events = user_events(tiny["inter"], tiny["queries"])
+    cfg = TrainConfig(history_len=2, history_twins="rec", tasks={"rec": 1.0})
+    builder = ExampleBuilder(events, tiny["items"], tiny["ids"], cfg)
+    shown = [ex.source.count("<rec>") for ex in builder.epoch(0)]
+    assert max(shown) == 2 and "<query>" not in "".join(ex.source for ex in builder.epoch(0))
+    # evaluation requests render the same way: two twins at the target's step are never in the history
+    req = eval_requests(events, "valid")[0]
+    assert all(e.step < min(x.step for x in events[req.user_id] if x.split == "valid") for e in req.history)
+
+
+def test_level_loss_is_a_softmax_over_each_levels_codes(tiny):
+    """Seq2SeqLoss(level) == cross-entropy computed by hand: identifier positions over their level's
+    codes, text positions over the vocabulary, the EOS after an identifier not scored."""
+    tok, ids = tiny["tok"], tiny["ids"]
+    model = _model(tok)
+    levels = LevelVocab(tok, ids)
+    item = ids.item_ids[0]
+    sources = ["recommend: history: none recommend:", "describe: item describe:"]
+    targets = [prompts.id_target(item, "cid", ids), "desk lamp"]
+    enc = tok(sources, return_tensors="pt", padding=True)
+    tgt = tok(targets, return_tensors="pt", padding=True)
+    labels = tgt.input_ids.masked_fill(tgt.attention_mask == 0, -100)
+    loss = Seq2SeqLoss(model, levels)(enc.input_ids, enc.attention_mask, labels)
+
+    with torch.no_grad():
+        logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels).logits
+    terms = []
+    code_ids = tok.convert_tokens_to_ids(ids.cid_tokens(item))
+    for t, token in enumerate(code_ids):                   # row 0: each code over its level's codes
+        group = torch.as_tensor(levels.space["cid"][t])
+        terms.append(-(logits[0, t, token] - torch.logsumexp(logits[0, t, group], 0)))
+    assert labels[0, len(code_ids)] == tok.eos_token_id    # ... and its EOS is not scored
+    for t in range(int((labels[1] >= 0).sum())):           # row 1: text over the whole vocabulary
+        terms.append(-torch.log_softmax(logits[1, t], -1)[labels[1, t]])
+    assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-5)
+    # the full-vocabulary objective is HF's own loss
+    full = Seq2SeqLoss(model)(enc.input_ids, enc.attention_mask, labels)
+    assert torch.allclose(full, model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                                      labels=labels).loss)
+    assert t5_hidden(model, enc.input_ids, enc.attention_mask, labels).shape[:2] == labels.shape
+
+
+def test_schedules():
+    warm, total = 10, 100
+    assert lr_multiplier("constant", 3, warm, total) == pytest.approx(0.4)
+    assert lr_multiplier("constant", 99, warm, total) == 1.0
+    assert lr_multiplier("inverse_sqrt", 9, warm, total) == 1.0
+    assert lr_multiplier("inverse_sqrt", 39, warm, total) == pytest.approx(math.sqrt(10 / 40))
+    assert lr_multiplier("cosine", 100, warm, total) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="schedule"):
+        lr_multiplier("linear", 0, warm, total)
+
+
+def test_codebook_init_places_close_codes_close(tiny):
+    tok, ids = tiny["tok"], tiny["ids"]
+    model = _model(tok)
+    levels = LevelVocab(tok, ids)
+    k = len(levels.space["sid"][0])
+    codebook = torch.randn(k, 8)
+    codebook[1] = codebook[0] + 1e-3                              # codes 0 and 1 nearly equal in the RQ-VAE
+    before = model.get_input_embeddings().weight.detach().clone()
+    done = init_code_embeddings(model, levels, {"h0": codebook.numpy(), "zz9": codebook.numpy()})
+    w = model.get_input_embeddings().weight.detach()
+    rows = torch.as_tensor(levels.space["sid"][0])
+    assert done == ["h0"]
+    assert torch.dist(w[rows[0]], w[rows[1]]) < 0.05 * torch.dist(w[rows[0]], w[rows[2]])
+    assert w[rows].std() == pytest.approx(float(before.std()), rel=0.05)
+    others = torch.ones(len(w), dtype=torch.bool)
+    others[rows] = False
+    assert torch.equal(w[others], before[others])                  # text and other levels untouched
+
+
+def test_budget_ends_training_cleanly_with_diagnostics(tiny, tmp_path):
+    """train.max_minutes stops inside the first epoch, validates, keeps the best weights and reports
+    the per-level diagnostics; resuming the finished run does nothing more."""
+    tok, ids = tiny["tok"], tiny["ids"]
+    events = user_events(tiny["inter"], tiny["queries"])
+    cfg = TrainConfig(epochs=50, batch_size=4, eval_beams=4, device="cpu", id_loss="level", history_len=3,
+                      max_minutes=0.002, schedule="constant", lr=5e-3, warmup_steps=2)
+    builder = ExampleBuilder(events, tiny["items"], ids, cfg)
+    valid = eval_requests(events, "valid")[:6]
+    model = _model(tok)
+    make = lambda m: GenSARModel(m, tok, ids, cfg, beams=4)          # noqa: E731
+    summary = fit(model, tok, builder, make, valid, cfg, tmp_path / "ckpt", None, "fp", Dist())
+    assert summary["out_of_time"] and summary["epochs_run"] == 1 and summary["steps"] >= 1
+    assert summary["steps"] < builder.epoch_size() // 4             # stopped inside the epoch
+    row = summary["history"][-1]
+    for task in ("rec", "search"):
+        assert 0.0 <= row[f"valid/{task}/first_code_in_beam"] <= 1.0
+        assert all(0.0 <= row[f"valid/{task}/acc/l{t}"] <= 1.0 for t in range(5))
+        assert row[f"valid/{task}/acc/l4"] == 1.0                  # the disambiguation code is always 0 here
+    again = fit(_model(tok, seed=1), tok, builder, make, valid, cfg, tmp_path / "ckpt", None, "fp", Dist())
+    assert again["steps"] == summary["steps"] and len(again["history"]) == len(summary["history"])
+
+
+def test_validate_diagnostics_on_a_perfect_and_a_hopeless_target(tiny):
+    """first_code_in_beam is 1 when the beam keeps every first code (beams >= items), and accuracy
+    at depth t counts the model's argmax over the level's codes."""
+    tok, ids = tiny["tok"], tiny["ids"]
+    events = user_events(tiny["inter"], tiny["queries"])
+    cfg = TrainConfig(id_loss="level")
+    gm = GenSARModel(_model(tok), tok, ids, cfg, beams=len(ids))
+    out = validate(gm, eval_requests(events, "valid")[:4], beams=len(ids), show=False)
+    assert out["rec/first_code_in_beam"] == 1.0 and out["search/first_code_in_beam"] == 1.0
+    acc = gm.level_accuracy(gm.sources("rec", [[]] * 3), "cid", ids.item_ids[:3])
+    assert len(acc) == 5 and acc[4] == 1.0
