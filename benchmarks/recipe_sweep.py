@@ -31,7 +31,8 @@ COMBINED = {**LEVEL, **CLICKS, "train.history_len": 10, **CONSTANT}
 # "today": the recipe before issue 14: every event of a click shown (paper-mode twins), ~5 events
 # (3 clicks = 6 events), full-vocabulary loss, cosine over 10 epochs at lr 1e-3
 TODAY = {"train.history_twins": "both", "train.history_len": 3, "train.id_loss": "full",
-         "train.schedule": "cosine", "train.lr": 1e-3, "train.warmup_steps": 0}
+         "train.schedule": "cosine", "train.lr": 1e-3, "train.warmup_steps": 0, "train.init_codes": False,
+         "train.drop_constant_codes": False, "train.batch_size": 256}
 VARIANTS = {
     "today": TODAY,
     "level": {**TODAY, **LEVEL},
@@ -41,6 +42,7 @@ VARIANTS = {
     "combined-h5": {**TODAY, **COMBINED, "train.history_len": 5},
     "combined-h20": {**TODAY, **COMBINED, "train.history_len": 20},
     "combined-codes": {**TODAY, **COMBINED, "train.init_codes": True},
+    "combined-codes-drop-d": {**TODAY, **COMBINED, "train.init_codes": True, "train.drop_constant_codes": True},
     "combined-lr5e-3": {**TODAY, **COMBINED, "train.lr": 5e-3},
     "combined-lr1e-3": {**TODAY, **COMBINED, "train.lr": 1e-3},
     "combined-b128": {**TODAY, **COMBINED, "train.batch_size": 128},
@@ -115,13 +117,23 @@ def to_markdown(results: dict, minutes: float) -> str:
 
 
 def write_curves(results: dict, path: Path) -> None:
+    """`path`: every variant's validations in one CSV; `<path stem>/<variant>.csv`: one file per
+    variant (a DVC plot draws one line per file)."""
+    head = ["train_minutes", "step", "rec_ndcg10", "search_ndcg10", "loss"]
+    rows = {name: [[round(h["train_minutes"], 3), h["step"], round(h.get("valid/rec/ndcg@10", 0), 5),
+                    round(h.get("valid/search/ndcg@10", 0), 5), round(h["train/loss"], 5)] for h in r["history"]]
+            for name, r in results.items()}
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["variant", "train_minutes", "step", "rec_ndcg10", "search_ndcg10", "loss"])
-        for name, r in results.items():
-            for h in r["history"]:
-                w.writerow([name, round(h["train_minutes"], 3), h["step"], round(h.get("valid/rec/ndcg@10", 0), 5),
-                            round(h.get("valid/search/ndcg@10", 0), 5), round(h["train/loss"], 5)])
+        w.writerow(["variant", *head])
+        w.writerows([name, *row] for name, rs in rows.items() for row in rs)
+    folder = path.with_suffix("")
+    folder.mkdir(exist_ok=True)
+    for name, rs in rows.items():
+        with open(folder / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(head)
+            w.writerows(rs)
 
 
 def main(argv=None) -> None:

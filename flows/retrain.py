@@ -3,7 +3,7 @@
     python -m flows.retrain                      # this repository, params.yaml
     python -m flows.retrain --repo /path --no-publish
 
-Stages run in dvc.yaml order (ingest, validate, embed, collab, identifiers, train, evaluate, export);
+Stages run in dvc.yaml order (ingest, validate, embed, collab, identifiers, train, export, evaluate);
 each is skipped when DVC says it is up to date, so a run with nothing new only checks hashes. The run
 ends Failed when a stage fails or the quality gate rejects the candidate; then published/ is unchanged.
 A run killed during training resumes from the train stage's last checkpoint when it is run again

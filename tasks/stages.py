@@ -161,7 +161,7 @@ train = stage_task("train")
 evaluate = stage_task("evaluate")
 export = stage_task("export")
 
-STAGE_TASKS = {t.name: t for t in (ingest, validate, embed, collab, identifiers, train, evaluate, export)}
+STAGE_TASKS = {t.name: t for t in (ingest, validate, embed, collab, identifiers, train, export, evaluate)}
 
 
 def task_for(stage: str):

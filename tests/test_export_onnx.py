@@ -119,7 +119,8 @@ def test_graphs_match_pytorch_and_have_dynamic_axes(world, tmp_path):
 def test_export_folder_is_self_contained(world, tmp_path):
     from gensar.export.onnx import write_export
 
-    gen = {"history_len": 5, "max_query_words": 16, "max_input_tokens": 128}
+    gen = {"history_len": 5, "max_query_words": 16, "max_input_tokens": 128, "history_twins": "rec",
+           "normalize": "full"}
     meta = write_export(world["model"], world["tokenizer"], world["ids_dir"], world["items"], tmp_path / "onnx",
                         gen, {"data": "d1", "identifiers": "i1", "model": "m1"})
     out = tmp_path / "onnx"

@@ -40,7 +40,7 @@ def artifacts_of(state) -> dict[str, str]:
 def test_retrain_runs_every_stage_and_publishes_v1(trained):
     repo, out = trained["repo"], trained["out"]
     stages = [s["stage"] for s in out["stages"]]
-    assert stages == ["ingest", "validate", "embed", "collab", "identifiers", "train", "evaluate", "export"]
+    assert stages == ["ingest", "validate", "embed", "collab", "identifiers", "train", "export", "evaluate"]
     assert not any(s["skipped"] for s in out["stages"])
     assert out["published"]["tag"] == "model-v1" and version_tags(repo) == [1]
     record = json.loads((repo / "published" / "version.json").read_text())

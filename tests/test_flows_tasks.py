@@ -7,7 +7,7 @@ from tasks.stages import STAGE_TASKS, read_pipeline, stage_argv, task_for
 
 def test_every_dvc_stage_has_a_task_and_a_gensar_stage_command():
     stages = read_pipeline(ROOT)
-    assert list(stages) == ["ingest", "validate", "embed", "collab", "identifiers", "train", "evaluate", "export"]
+    assert list(stages) == ["ingest", "validate", "embed", "collab", "identifiers", "train", "export", "evaluate"]
     for name in stages:
         assert task_for(name) is STAGE_TASKS[name] and STAGE_TASKS[name].name == name
         argv = stage_argv(ROOT, name)

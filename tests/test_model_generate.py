@@ -22,7 +22,7 @@ def gm(tmp_path_factory):
     tok = train_tokenizer(["office desk lamp", "gel pen", "office chair"] * 3, ids.tokens(), 200)
     torch.manual_seed(0)
     model = build_model(ModelConfig(size="tiny", dropout=0.0), len(tok), tok.pad_token_id, tok.eos_token_id)
-    m = GenSARModel(model.eval(), tok, ids, TrainConfig(), beams=12)
+    m = GenSARModel(model.eval(), tok, ids, TrainConfig(id_loss="full"), beams=12)   # whole-vocabulary scores (HF generate)
     m.root, m.ids_dir = root, paths["ids"]
     return m
 

@@ -27,7 +27,8 @@ def tiny(tmp_path_factory):
     items, inter, queries = (pd.read_parquet(c / f"{n}.parquet") for n in ("items", "interactions", "queries"))
     ids = IdentifierMap.load(paths["ids"])
     tok = train_tokenizer(items["text"].tolist() + queries["text"].tolist(), ids.tokens(), vocab_size=300)
-    return {**paths, "items": items, "inter": inter, "queries": queries, "ids": ids, "tok": tok}
+    return {**paths, "ids_dir": paths["ids"], "items": items, "inter": inter, "queries": queries, "ids": ids,
+            "tok": tok}
 
 
 def _model(tok, seed=0):
@@ -167,3 +168,21 @@ def test_validate_diagnostics_on_a_perfect_and_a_hopeless_target(tiny):
     assert out["rec/first_code_in_beam"] == 1.0 and out["search/first_code_in_beam"] == 1.0
     acc = gm.level_accuracy(gm.sources("rec", [[]] * 3), "cid", ids.item_ids[:3])
     assert len(acc) == 5 and acc[4] == 1.0
+
+
+def test_a_constant_final_code_can_be_left_out(tiny):
+    """drop_constant_codes: a disambiguation code that is 0 for every item is left out of the
+    identifiers (tries, targets, level groups), and only then."""
+    frame = pd.read_parquet(tiny["ids_dir"] / "identifiers.parquet")
+    full = tiny["ids"]
+    short = IdentifierMap(frame, full.meta, drop_constant_codes=True)
+    assert short.dropped == ["sid", "cid"] and short.sid_kinds == full.sid_kinds[:-1]
+    item = full.item_ids[0]
+    assert short.sid_tokens(item) == full.sid_tokens(item)[:-1]
+    assert short.space_groups("cid") == full.space_groups("cid")[:-1]
+    gm = GenSARModel(_model(tiny["tok"]), tiny["tok"], short, TrainConfig(), beams=4)
+    assert gm.tries["sid"].depth == 4 and len(gm.recommend([], k=3)) == 3
+    collided = frame.copy()
+    collided.loc[0, "cid"] = list(frame.loc[0, "cid"][:-1]) + [1]       # one item needs its final code
+    kept = IdentifierMap(collided, full.meta, drop_constant_codes=True)
+    assert kept.dropped == ["sid"] and len(kept.cid_tokens(item)) == 5

@@ -133,19 +133,20 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    history_len: int = 5          # clicks shown in a history (twin events of one click count once)
+    history_len: int = 10         # clicks shown in a history (twin events of one click count once)
     history_twins: str = "rec"    # a click with twin events shows: rec (CID) | search (query + SID) | both
     max_query_tokens: int = 16
     max_input_tokens: int = 128
     tasks: dict[str, float] = field(default_factory=lambda: {
         "rec": 1.0, "search": 1.0, "query": 0.3, "adhoc": 0.3, "align": 0.3})
-    id_loss: str = "full"         # full: whole-vocabulary softmax | level: each identifier level's codes only
-    init_codes: bool = False      # identifier-token embeddings start from the RQ-VAE codebooks
+    id_loss: str = "level"        # level: each identifier level's codes only | full: whole-vocabulary softmax
+    init_codes: bool = True       # identifier-token embeddings start from the RQ-VAE codebooks
+    drop_constant_codes: bool = False  # leave out a final disambiguation code that is 0 for every item
     label_smoothing: float = 0.0
-    lr: float = 1e-3
-    schedule: str = "cosine"      # cosine (to 0 at the last epoch) | constant | inverse_sqrt (after warmup)
+    lr: float = 2e-3
+    schedule: str = "constant"    # constant | inverse_sqrt (after warmup) | cosine (to 0 at the last epoch)
     warmup_ratio: float = 0.05    # warmup as a share of all steps (cosine) ...
-    warmup_steps: int = 0         # ... or a number of steps (when > 0; any schedule)
+    warmup_steps: int = 50        # ... or a number of steps (when > 0; any schedule)
     weight_decay: float = 0.01
     batch_size: int = 256
     grad_accum: int = 1

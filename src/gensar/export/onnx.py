@@ -477,7 +477,7 @@ def write_export(model, tokenizer, ids_dir: str | Path, items, out_dir: str | Pa
 
     from gensar.model.prompts import IdentifierMap
 
-    ids = IdentifierMap.load(ids_dir)
+    ids = IdentifierMap.load(ids_dir, bool(generation.get("drop_constant_codes", False)))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = export_onnx(model, out_dir, opset)

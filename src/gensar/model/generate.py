@@ -67,10 +67,10 @@ class GenSARModel:
         from gensar.model.t5 import load_model
 
         model, tokenizer, meta = load_model(model_dir, device)
-        ids = IdentifierMap.load(ids_dir) if ids_dir else IdentifierMap.load(f"{model_dir}/ids")
         known = {f.name for f in dataclasses.fields(TrainConfig)}   # tolerate fields added/removed later
         saved = {k: v for k, v in (meta.get("train") or {}).items() if k in known}
         cfg = from_dict(TrainConfig, saved, "train")
+        ids = IdentifierMap.load(ids_dir or f"{model_dir}/ids", cfg.drop_constant_codes)
         return cls(model, tokenizer, ids, cfg, beams, device)
 
     # ----------------------------------------------------------------------------------------

@@ -45,9 +45,11 @@ class IdentifierMap:
 
     `sid_tokens(item)` / `cid_tokens(item)` give the token strings of an item's semantic and
     collaborative ID; `tokens()` every identifier token the map can use (tokenizer vocabulary).
+    `drop_constant_codes` (`train.drop_constant_codes`): a final disambiguation code that is 0 for
+    every item of a space (Sinkhorn left no collision) is left out of that space's identifiers.
     """
 
-    def __init__(self, frame: pd.DataFrame, meta: dict):
+    def __init__(self, frame: pd.DataFrame, meta: dict, drop_constant_codes: bool = False):
         for col in ("item_id", "sid", "cid"):
             if col not in frame.columns:
                 raise ValueError(f"identifier map: column '{col}' missing (have {list(frame.columns)})")
@@ -58,17 +60,27 @@ class IdentifierMap:
         self.sid_kinds = list(meta["sid_kinds"])
         self.cid_kinds = list(meta["cid_kinds"])
         self.item_ids = [str(i) for i in frame["item_id"]]
-        self._sid = {i: id_tokens(list(c), self.sid_kinds) for i, c in zip(self.item_ids, frame["sid"])}
-        self._cid = {i: id_tokens(list(c), self.cid_kinds) for i, c in zip(self.item_ids, frame["cid"])}
+        sid, cid = [list(c) for c in frame["sid"]], [list(c) for c in frame["cid"]]
+        self.dropped = []
+        if drop_constant_codes:
+            # a final disambiguation code that is 0 for every item carries nothing: drop it
+            for space, codes, kinds in (("sid", sid, self.sid_kinds), ("cid", cid, self.cid_kinds)):
+                if kinds and kinds[-1] == "d" and all(c[-1] == 0 for c in codes):
+                    for c in codes:
+                        c.pop()
+                    kinds.pop()
+                    self.dropped.append(space)
+        self._sid = {i: id_tokens(c, self.sid_kinds) for i, c in zip(self.item_ids, sid)}
+        self._cid = {i: id_tokens(c, self.cid_kinds) for i, c in zip(self.item_ids, cid)}
         if len(self._sid) != len(self.item_ids):
             raise ValueError("identifier map: item_id is not unique")
 
     @classmethod
-    def load(cls, ids_dir: str | Path) -> IdentifierMap:
+    def load(cls, ids_dir: str | Path, drop_constant_codes: bool = False) -> IdentifierMap:
         ids_dir = Path(ids_dir)
         frame = pd.read_parquet(ids_dir / "identifiers.parquet")
         meta = json.loads((ids_dir / "meta.json").read_text())
-        return cls(frame, meta)
+        return cls(frame, meta, drop_constant_codes)
 
     def __len__(self) -> int:
         return len(self.item_ids)

@@ -345,7 +345,7 @@ class Runtime:
         self.backend.no_padding()
         self.backend.enable_truncation(self.max_input_tokens)
         self.pad_id = int(gen.get("pad_token_id", self.tokenizer.pad_token_id))
-        self.ids = IdentifierMap.load(export_dir / "ids")
+        self.ids = IdentifierMap.load(export_dir / "ids", bool(gen.get("drop_constant_codes", False)))
         import pandas as pd
 
         titles = pd.read_parquet(export_dir / "items.parquet", columns=["item_id", "title"])

@@ -46,6 +46,7 @@ def run(params: Params, model: str | Path = "models/t5", ids: str | Path = "mode
         "max_query_words": int(train.get("max_query_tokens", params.train.max_query_tokens)),
         "max_input_tokens": int(train.get("max_input_tokens", params.train.max_input_tokens)),
         "history_twins": str(train.get("history_twins", params.train.history_twins)),
+        "drop_constant_codes": bool(train.get("drop_constant_codes", False)),
         # the scores the model was trained to give (the runtime's normalize=auto)
         "normalize": "level" if train.get("id_loss", params.train.id_loss) == "level" else "full",
     }

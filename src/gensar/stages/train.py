@@ -100,7 +100,9 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
             if not p.exists():
                 raise FileNotFoundError(f"{p}: canonical table '{n}' not found (run the validate stage)")
         items, inter, queries = (pd.read_parquet(tables[n]) for n in ("items", "interactions", "queries"))
-        idmap = IdentifierMap.load(ids)
+        idmap = IdentifierMap.load(ids, cfg.drop_constant_codes)
+        if idmap.dropped:
+            logger.info("identifiers: the constant final code is left out of the %s", " and ".join(idmap.dropped))
         data_version = _file_hash(list(tables.values()) + [ids / "identifiers.parquet", ids / "meta.json"])
         events = user_events(inter, queries)
         builder = ExampleBuilder(events, items, idmap, cfg)
@@ -120,7 +122,10 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
             logger.info("model: warm start from %s, %d embedding rows added", init, added)
         else:
             model = build_model(params.model, len(tok), tok.pad_token_id, tok.eos_token_id)
-            if cfg.init_codes:
+            if cfg.init_codes and not (ids / "rqvae.pt").exists():
+                logger.warning("train.init_codes: %s has no rqvae.pt (an identifier map made elsewhere); "
+                               "identifier embeddings start random", ids)
+            elif cfg.init_codes:
                 codebooks = {name: q.codebook.detach().cpu().numpy()
                              for name, q in load_rqvae(ids / "rqvae.pt").quantizers()}
                 done = init_code_embeddings(model, LevelVocab(tok, idmap), codebooks, cfg.seed)
