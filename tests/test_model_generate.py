@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from gensar.config import ModelConfig, TrainConfig
+from gensar.config import ModelConfig, TrainConfig, to_dict
 from gensar.model.generate import GenSARModel
 from gensar.model.prompts import IdentifierMap
 from gensar.model.t5 import build_model, save_model
@@ -84,7 +84,7 @@ def test_tries_built_once_and_saved_model_reloads_identically(gm, tmp_path):
     gm.recommend(HIST, k=3)
     assert gm.tries["cid"] is tries["cid"] and gm.tries["sid"] is tries["sid"]
     out = tmp_path / "t5"
-    save_model(gm.model, gm.tokenizer, out, {"train": {"history_len": 5}})
+    save_model(gm.model, gm.tokenizer, out, {"train": to_dict(gm.cfg)})   # the config it decodes with
     shutil.copytree(gm.ids_dir, out / "ids")
     again = GenSARModel.load(out, beams=12)
     assert again.model.config._attn_implementation == "eager"
