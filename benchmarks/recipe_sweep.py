@@ -67,10 +67,10 @@ def run_variant(name: str, overrides: dict, args) -> subprocess.Popen:
            "--out", str(out / "t5"), "--metrics", str(out / "metrics.json"), "--live", ""]
     for k, v in {**json.loads(args.base), **sets}.items():
         cmd += ["--set", f"{k}={json.dumps(v)}"]
-    log = open(out / "train.log", "w")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     print(f"[{time.strftime('%H:%M:%S')}] start {name} (load {os.getloadavg()[0]:.2f})", flush=True)
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(out / "train.log", "w") as log:          # the child keeps its own copy of the file
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def collect(names: list[str], out: Path) -> dict:
@@ -89,16 +89,16 @@ def collect(names: list[str], out: Path) -> dict:
 
 def to_markdown(results: dict, minutes: float) -> str:
     lines = [f"# Recipe sweep: {minutes:g} training minutes per variant", "",
-             "Best validation row (selection: mean NDCG@10 of rec and search); full ranking over all items. "
-             "`acc l0..` = teacher-forced accuracy per identifier depth, `first` = share of targets whose first "
-             "code survives the beam, at the last validation.", "",
-             "| variant | steps | ex/s | rec N@10 | rec R@10 | search N@10 | search R@10 | rec acc l0/l1/l2/l3 | "
-             "search acc l0/l1/l2/l3 | rec first | search first | load |",
+             ("Best validation row (selection: mean NDCG@10 of rec and search); full ranking over all items. "
+              "`acc l0..` = teacher-forced accuracy per identifier depth, `first` = share of targets whose first "
+              "code survives the beam, at the last validation."), "",
+             ("| variant | steps | ex/s | rec N@10 | rec R@10 | search N@10 | search R@10 | rec acc l0/l1/l2/l3 | "
+              "search acc l0/l1/l2/l3 | rec first | search first | load |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         m, last = r["metrics"], r["history"][-1]
 
-        def acc(task):
+        def acc(task, last=last):
             return "/".join(f"{last.get(f'valid/{task}/acc/l{t}', float('nan')):.2f}" for t in range(4))
         load = r.get("load") or {}
         lines.append(

@@ -144,7 +144,7 @@ def test_budget_ends_training_cleanly_with_diagnostics(tiny, tmp_path):
     builder = ExampleBuilder(events, tiny["items"], ids, cfg)
     valid = eval_requests(events, "valid")[:6]
     model = _model(tok)
-    make = lambda m: GenSARModel(m, tok, ids, cfg, beams=4)          # noqa: E731
+    make = lambda m: GenSARModel(m, tok, ids, cfg, beams=4)
     summary = fit(model, tok, builder, make, valid, cfg, tmp_path / "ckpt", None, "fp", Dist())
     assert summary["out_of_time"] and summary["epochs_run"] == 1 and summary["steps"] >= 1
     assert summary["steps"] < builder.epoch_size() // 4             # stopped inside the epoch

@@ -27,6 +27,7 @@ from transformers import LogitsProcessor
 from gensar.model.prompts import IdentifierMap
 from gensar.model.tokenizer import check_single_tokens
 
+
 class LevelVocab:
     """Token ids of every identifier level group, and token id -> group / local index tables."""
 

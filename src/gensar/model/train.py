@@ -375,7 +375,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         if d.main:
             _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                          "rng": _rng_state(), **{**st, "epoch": epoch}, "fingerprint": fingerprint},
+                          "rng": _rng_state(), **st, "epoch": epoch, "fingerprint": fingerprint},
                          ckpt_dir / "last.pt")
 
     stopped = st["out_of_time"] or st["bad"] >= cfg.patience

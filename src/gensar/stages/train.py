@@ -37,8 +37,8 @@ from gensar.model.levels import LevelVocab, init_code_embeddings
 from gensar.model.prompts import IdentifierMap
 from gensar.model.t5 import build_model, load_model, resize_vocab, save_model
 from gensar.model.tokenizer import extend_tokenizer, load_tokenizer, train_tokenizer
-from gensar.stages.identifiers import load_model as load_rqvae
 from gensar.model.train import barrier, cleanup_distributed, fit, pick_device, setup_distributed
+from gensar.stages.identifiers import load_model as load_rqvae
 
 logger = logging.getLogger(__name__)
 
