@@ -8,10 +8,9 @@ import pytest
 from gensar.config import load_params
 from gensar.eval.baselines import FusionRanker, RerankRanker, fit_hybrid
 from gensar.eval.evaluate import EvalData, ScoreRanker, evaluate_model
-from gensar.io import write_parquet
 from gensar.stages.evaluate import run
 from tests.test_eval_candidates import tables  # noqa: F401  (fixture)
-from tests.test_eval_stage import _save_tiny_sasrec
+from tests.test_eval_stage import write_stage_inputs
 
 ABCD = ["a", "b", "c", "d"]
 LEX4, COL4 = [2.0, 0.0, 2.0, 0.0], [0.0, 4.0, 2.0, 2.0]   # z: [1, -1, 1, -1] and [-sqrt2, sqrt2, 0, 0]
@@ -80,11 +79,7 @@ def test_knobs_are_chosen_on_validation_cases():
 
 
 def test_stage_fits_the_hybrids_on_the_validation_split(tables, tmp_path):  # noqa: F811
-    items, inter, queries = tables
-    canon = tmp_path / "canonical"
-    for name, df in (("items", items), ("interactions", inter), ("queries", queries)):
-        write_parquet(df, canon / f"{name}.parquet")
-    _save_tiny_sasrec(tmp_path / "sasrec" / "model.pt", items["item_id"].tolist())
+    canon = write_stage_inputs(tables, tmp_path)
     params = load_params(tmp_path / "none.yaml", {"evaluate.baselines": ["bm25", "sasrec", "bm25+sasrec",
                                                                          "bm25>sasrec"], "evaluate.device": "cpu"})
     report = tmp_path / "report.json"

@@ -46,12 +46,18 @@ def test_dense_ranker_finds_the_item_described_by_the_query():
     assert [r[0] for r in ranker.rank_search(["stapler", "paper for printer"], [[], []], 2)] == ["c", "b"]
 
 
-def test_stage_writes_comparable_metrics_and_reuses_candidates(tables, tmp_path):  # noqa: F811
+def write_stage_inputs(tables, root):  # noqa: F811  (tables: the fixture's value)
+    """The canonical tables and a tiny SASRec under `root`; returns the canonical folder."""
     items, inter, queries = tables
-    canon = tmp_path / "canonical"
+    canon = root / "canonical"
     for name, df in (("items", items), ("interactions", inter), ("queries", queries)):
         write_parquet(df, canon / f"{name}.parquet")
-    _save_tiny_sasrec(tmp_path / "sasrec" / "model.pt", items["item_id"].tolist())
+    _save_tiny_sasrec(root / "sasrec" / "model.pt", items["item_id"].tolist())
+    return canon
+
+
+def test_stage_writes_comparable_metrics_and_reuses_candidates(tables, tmp_path):  # noqa: F811
+    canon = write_stage_inputs(tables, tmp_path)
     params = load_params(tmp_path / "none.yaml", {"evaluate.baselines": ["popularity", "bm25", "sasrec"],
                                                   "evaluate.device": "cpu"})
     out = tmp_path / "metrics" / "eval.json"

@@ -186,3 +186,21 @@ def test_a_constant_final_code_can_be_left_out(tiny):
     collided.loc[0, "cid"] = list(frame.loc[0, "cid"][:-1]) + [1]       # one item needs its final code
     kept = IdentifierMap(collided, full.meta, drop_constant_codes=True)
     assert kept.dropped == ["sid"] and len(kept.cid_tokens(item)) == 5
+
+
+def test_minute_validations_keep_their_grid_across_epoch_rows():
+    """eval_every_minutes: a validation is due when training time passes the next multiple of N
+    minutes since the last row, whatever rows the epoch ends added in between."""
+    from gensar.model.train import _crossed
+
+    st = {"history": [], "train_seconds": 14.9 * 60}
+    assert not _crossed(st, 15)
+    st["train_seconds"] = 15.1 * 60
+    assert _crossed(st, 15)
+    st["history"] = [{"train_minutes": 9.2}]               # an epoch ended at 9.2 minutes
+    assert _crossed(st, 15)                                # ... the 15-minute validation still comes
+    st["history"].append({"train_minutes": 15.1})
+    st["train_seconds"] = 29.0 * 60
+    assert not _crossed(st, 15)
+    st["train_seconds"] = 30.2 * 60
+    assert _crossed(st, 15)

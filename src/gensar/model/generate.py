@@ -165,7 +165,7 @@ class GenSARModel:
             enc = self.tokenizer(list(sources[i:i + batch]), return_tensors="pt", padding=True, truncation=True,
                                  max_length=self.cfg.max_input_tokens).to(self.device)
             labels = torch.tensor([self.codes[space][t] for t in targets[i:i + batch]], device=self.device)
-            logits = self.model(**enc, labels=labels).logits                        # [b, depth, V]
+            logits = self.model(**enc, decoder_input_ids=self.model._shift_right(labels)).logits  # [b, depth, V]
             for t in range(depth):
                 if groups is None:
                     pred = logits[:, t].argmax(-1)

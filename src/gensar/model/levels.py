@@ -111,12 +111,13 @@ class Seq2SeqLoss(torch.nn.Module):
         self.model, self.levels, self.label_smoothing = model, levels, label_smoothing
 
     def forward(self, input_ids, attention_mask, labels):
-        if self.levels is None:
-            if self.label_smoothing:
-                logits = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits
-                return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                       ignore_index=-100, label_smoothing=self.label_smoothing)
+        if self.levels is None and not self.label_smoothing:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        if self.levels is None:          # HF's logits, our cross-entropy (HF's loss has no smoothing)
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                decoder_input_ids=self.model._shift_right(labels)).logits
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                   ignore_index=-100, label_smoothing=self.label_smoothing)
         hidden = t5_hidden(self.model, input_ids, attention_mask, labels)
         return self.levels.loss(hidden, labels, self.model.lm_head.weight, self.label_smoothing)
 

@@ -217,11 +217,10 @@ def validate(gm, requests: list[Request], k: int = 10, beams: int = 20, batch: i
         if not reqs:
             continue
         space = "cid" if behavior == "rec" else "sid"
+        sources = gm.sources(behavior, [r.history for r in reqs], [r.query for r in reqs])
         ranked = []
         for i in tqdm(range(0, len(reqs), batch), desc=f"valid {behavior}", disable=not show, leave=False):
-            chunk = reqs[i:i + batch]
-            sources = gm.sources(behavior, [r.history for r in chunk], [r.query for r in chunk])
-            hits = gm.generate_items(sources, space, beams, beams=beams)          # every final beam
+            hits = gm.generate_items(sources[i:i + batch], space, beams, beams=beams)   # every final beam
             ranked += [[item for item, _ in items] for items in hits]
         targets = [r.target for r in reqs]
         ranks = target_ranks([r[:k] for r in ranked], targets)                   # 1-based, 0 = not in the top k
@@ -230,7 +229,6 @@ def validate(gm, requests: list[Request], k: int = 10, beams: int = 20, batch: i
         first = {item: codes[0] for item, codes in gm.codes[space].items()}
         out[f"{behavior}/first_code_in_beam"] = float(np.mean(
             [first[t] in {first[i] for i in r} for t, r in zip(targets, ranked)]))
-        sources = gm.sources(behavior, [r.history for r in reqs], [r.query for r in reqs])
         for t, acc in enumerate(gm.level_accuracy(sources, space, targets)):
             out[f"{behavior}/acc/l{t}"] = acc
     parts = [out[f"{b}/ndcg@{k}"] for b in ("rec", "search") if f"{b}/ndcg@{k}" in out]
@@ -422,8 +420,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
                 continue
             out_of_time = bool(budget) and _agree(st["train_seconds"] >= budget, d)
             due = (cfg.eval_every_steps and st["step"] % cfg.eval_every_steps == 0) or (
-                cfg.eval_every_minutes and _agree(
-                    st["train_seconds"] >= 60.0 * cfg.eval_every_minutes * (len(st["history"]) + 1), d))
+                cfg.eval_every_minutes and _agree(_crossed(st, cfg.eval_every_minutes), d))
             if out_of_time or due:
                 validated_at = st["step"]
                 stopped = checkpoint_row(epoch)
@@ -454,6 +451,13 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
             "steps": st["step"], "train_seconds": st["train_seconds"], "out_of_time": st["out_of_time"],
             "history": history, "world_size": d.world, "steps_per_epoch": steps_per_epoch,
             "early_stopped": bool(st["bad"] >= cfg.patience)}
+
+
+def _crossed(st: dict, every_minutes: float) -> bool:
+    """True when training time has passed a multiple of `every_minutes` since the last validation row
+    (rows at epoch ends do not shift the grid: validations land at every N minutes of training)."""
+    last = st["history"][-1]["train_minutes"] if st["history"] else 0.0
+    return st["train_seconds"] / 60.0 // every_minutes > last // every_minutes
 
 
 def _agree(flag: bool, d: Dist) -> bool:

@@ -248,12 +248,12 @@ def best_candidates(allowed: np.ndarray, score: np.ndarray, logp: np.ndarray, b:
 
 
 def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.ndarray, trie: TrieTables,
-                level_weights: list[np.ndarray], num_beams: int, start_id: int, eos_id: int | None,
+                level_weights: list[np.ndarray] | None, num_beams: int, start_id: int, eos_id: int | None,
                 normalize: str = "full", code_weights: list[np.ndarray] | None = None,
                 code_index: list[np.ndarray] | None = None) -> list[list[tuple[str, float]]]:
     """Best `num_beams` identifiers of `trie` for each of the B encoder inputs, best first.
 
-    level_weights[t]: output-embedding columns of trie.vocab[t] [D, V_t]. eos_id: score the EOS that follows a
+    level_weights[t] (`normalize="allowed"` only): output-embedding columns of trie.vocab[t] [D, V_t]. eos_id: score the EOS that follows a
     complete identifier (as the PyTorch path does), None to skip it. `normalize="level"` (models
     trained with `train.id_loss: level`): code_weights[t] [D, K] are the columns of every code of
     depth t's level and code_index[t] [V_t] the position of each trie token among them; the
@@ -360,8 +360,8 @@ class Runtime:
                               for space, trie in self.tries.items()}
         # every code of each depth's level (normalize=level scores over those) and where the trie's tokens are
         groups = self.ids.level_groups()
-        self.code_weights, self.code_index, self.code_pos = {}, {}, {}
-        for space, trie in self.tries.items():
+        self.code_weights, self.code_pos = {}, {}
+        for space in self.tries:
             codes = [np.array(self.tokenizer.convert_tokens_to_ids(groups[g]), dtype=np.int64)
                      for g in self.ids.space_groups(space)]
             self.code_weights[space] = [np.ascontiguousarray(self.model.lm_head[c].T) for c in codes]
@@ -370,7 +370,6 @@ class Runtime:
                 pos = np.full(len(self.tokenizer), -1, dtype=np.int64)
                 pos[c] = np.arange(len(c))
                 self.code_pos[space].append(pos)
-            self.code_index[space] = [pos[v] for pos, v in zip(self.code_pos[space], trie.vocab)]
         logger.info("runtime: %s loaded: %d items, beams %d, normalize=%s", export_dir, len(item_ids),
                     beams, normalize)
 
@@ -409,10 +408,12 @@ class Runtime:
         return TrieTables(self.id_tokens[space][[self.item_row[c] for c in items]], items)
 
     def _search(self, ids: np.ndarray, mask: np.ndarray, space: str, trie: TrieTables, beams: int):
-        if trie is self.tries[space]:
-            level_w, code_i = self.level_weights[space], self.code_index[space]
-        else:
-            level_w = [np.ascontiguousarray(self.model.lm_head[v].T) for v in trie.vocab]
+        """beam_search over `trie` with what this normalisation needs of the trie's tokens."""
+        level_w = code_i = None
+        if self.normalize == "allowed":                 # the trie tokens' output columns
+            level_w = (self.level_weights[space] if trie is self.tries[space] else
+                       [np.ascontiguousarray(self.model.lm_head[v].T) for v in trie.vocab])
+        elif self.normalize == "level":                 # where the trie tokens are among their level's codes
             code_i = [pos[v] for pos, v in zip(self.code_pos[space], trie.vocab)]
         return beam_search(self.model, ids, mask, trie, level_w, beams, self.start_id,
                            self.eos_id if self.score_eos else None, self.normalize,
