@@ -27,6 +27,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from flows.retrain import run_stages
+from gensar.data.snapshot import find_batch
 from tasks.data import append_batch, validate_batch
 from tasks.release import publish, quality_gate, report
 from tasks.versioning import dvc_add
@@ -67,6 +68,10 @@ def incremental(batch: str, repo: str = ".", params: str = "params.yaml", name: 
     name = name or Path(batch).stem
     if not (repo_path / "data").is_dir():
         raise FileNotFoundError(f"incremental: {repo_path / 'data'} does not exist; run the retrain flow first")
+    same = find_batch(batch, repo_path / "data") if Path(batch).exists() else None
+    if same is not None:  # a batch is identified by its content: re-sent, it is a no-op
+        log.warning("incremental: batch %s has the same content as %s, added before; nothing to do", batch, same)
+        return {"stages": [], "published": None, "batch": name, "already_added_as": same.name}
     validate_batch(repo, batch, name, params)
     append_batch(repo, batch, name)
     dvc_add(repo, "data")

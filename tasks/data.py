@@ -15,7 +15,8 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from gensar.config import load_params
-from gensar.data.snapshot import add_batch, make_snapshot
+from gensar.data.snapshot import BatchError, add_batch, make_snapshot
+from gensar.stages.validate import rejected_report_path
 from tasks.stages import call_stage_main, stage_argv
 
 
@@ -70,7 +71,10 @@ def validate_batch(repo: str, batch: str, name: str, params: str = "params.yaml"
     try:
         shutil.copytree(repo / "data", scratch / "data")
         shutil.copy2(repo / params, scratch / params)
-        add_batch(batch, scratch / "data", name=name)
+        try:
+            add_batch(batch, scratch / "data", name=name)
+        except BatchError as e:
+            raise InvalidBatch(f"{e}; data/ and the published model are unchanged") from None
         error = None
         summaries = {}
         for stage in ("ingest", "validate"):
@@ -81,9 +85,11 @@ def validate_batch(repo: str, batch: str, name: str, params: str = "params.yaml"
             except Exception as e:  # noqa: BLE001 - any failure rejects the batch; the message names file/field/row
                 error = f"{stage}: {type(e).__name__}: {e}"
                 break
-        report = _read_json(scratch / "reports" / "validation.json")
+        # a failed validation writes its reasons and examples to a report of its own
+        report = _read_json(scratch / "reports" / "validation.json") \
+            or _read_json(rejected_report_path(scratch / "reports" / "validation.json"))
         if error is None and isinstance(report, dict) and report.get("success") is False:
-            error = "validate: the validation report says success=false"
+            error = f"validate: {report.get('error') or 'the validation report says success=false'}"
         if error is None:
             error, summaries["batch_rows"] = _batch_bad_rows(repo, scratch, name, params)
         create_markdown_artifact(
@@ -144,6 +150,17 @@ def _batch_markdown(batch, name, error, report, summaries) -> str:
         lines += ["**Rejected; data/ and the published model are unchanged.**", "", "```", error, "```", ""]
     for stage, summary in summaries.items():
         lines += [f"- {stage}: `{json.dumps(summary, default=str)[:800]}`"]
+    if isinstance(report, dict) and report.get("success") is False:
+        q = report.get("quarantine") or {}
+        if q.get("reasons"):
+            lines += ["", "## Why", "", "| reason | rows |", "| --- | --- |"]
+            lines += [f"| {k} | {v:,} |" for k, v in q["reasons"].items()]
+        for reason, rows in (report.get("examples") or {}).items():
+            lines += ["", f"Examples of `{reason}`:", "", "| " + " | ".join(rows[0]) + " |",
+                      "|" + " --- |" * len(rows[0])] + ["| " + " | ".join(map(str, r.values())) + " |" for r in rows]
+        for k, d in (report.get("drop_vs_previous") or {}).items():
+            if isinstance(d, dict):
+                lines.append(f"- {k}: {d['before']:,} -> {d['after']:,} (-{100 * d['drop']:.1f}%)")
     if report is not None:
         text = json.dumps(report, indent=1, default=str)
         lines += ["", "## Validation report", "", "```json", text[:20000], "```"]

@@ -22,8 +22,18 @@ def test_snapshot_is_deterministic_and_keeps_batches(tmp_path, capsys):
     batch.mkdir()
     (batch / "interactions.csv").write_text("user,item,timestamp,behavior,query\nu1,i1,1600000000,rec,\n")
     assert main(["add-batch", str(batch), "--out", str(data), "--name", "b1"]) == 0
-    with pytest.raises(FileExistsError, match="batch 'b1' was already added"):
-        main(["add-batch", str(batch), "--out", str(data), "--name", "b1"])
+    capsys.readouterr()
+    # the same content again, under another name: a no-op with a message
+    assert main(["add-batch", str(batch), "--out", str(data), "--name", "b1-resent"]) == 0
+    assert "already in the snapshot as" in capsys.readouterr().out
+    assert sorted(p.name for p in (data / "batches").iterdir()) == ["b1"]
+    # other content under a name in use: an error in words, nothing written
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "interactions.csv").write_text("user,item,timestamp,behavior,query\nu2,i1,1600000000,rec,\n")
+    with pytest.raises(SystemExit, match=r"the name 'b1' is already used by another batch with different content"):
+        main(["add-batch", str(other), "--out", str(data), "--name", "b1"])
+    assert sorted(p.name for p in (data / "batches").iterdir()) == ["b1"]
 
     assert main(["snapshot", "--out", str(data)]) == 0  # refresh: same base bytes, batch kept
     again = _digest(data)

@@ -27,6 +27,14 @@ def test_wrong_type_is_named(tmp_path):
 
 
 def test_missing_sections_take_defaults_and_overrides_apply(tmp_path):
-    p = load_params(tmp_path / "absent.yaml", overrides={"ids.mode": "semantic", "train.epochs": 2})
+    f = tmp_path / "params.yaml"
+    f.write_text("ids:\n  mode: paper\n")
+    p = load_params(f, overrides={"ids.mode": "semantic", "train.epochs": 2})
     assert p.ids.mode == "semantic" and p.train.epochs == 2
     assert p.data.source == "synthetic"
+    assert load_params(None, {"train.epochs": 3}).train.epochs == 3
+
+
+def test_missing_params_file_fails_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"absent\.yaml: params file not found"):
+        load_params(tmp_path / "absent.yaml")

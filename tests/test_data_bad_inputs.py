@@ -180,6 +180,12 @@ def test_too_many_bad_rows_fail_with_share_threshold_and_reasons(tmp_path, param
     assert "% of rows are bad (8 of " in msg and "validate.max_bad_row_share = 5.00%" in msg
     assert "Top reasons:" in msg and "unknown item (1)" in msg
     assert not (tmp_path / "q.parquet").exists() and not (tmp_path / "can").exists()
+    rejected = json.loads((tmp_path / "v.rejected.json").read_text())   # the reasons and examples, kept
+    assert rejected["success"] is False and rejected["quarantine"]["reasons"]["unknown item"] == 1
+    assert rejected["examples"]["unknown item"][0]["item_id"] == "ghost" and "8 of " in rejected["error"]
+    params = dataclasses.replace(params, validate=ValidateConfig(max_bad_row_share=0.2))
+    _validate(params, tmp_path / "ing", tmp_path)                     # a later success clears it
+    assert not (tmp_path / "v.rejected.json").exists() and json.loads((tmp_path / "v.json").read_text())["success"]
 
 
 def test_command_line_shows_the_message_without_traceback(tmp_path):
@@ -190,3 +196,48 @@ def test_command_line_shows_the_message_without_traceback(tmp_path):
     with pytest.raises(SystemExit, match=r"^validate failed: .*items\.parquet: file not found"):
         validate.main(["--ingested", str(tmp_path / "none"), "--out", str(tmp_path / "c")])
     assert not (tmp_path / "o").exists() and not (tmp_path / "r.json").exists()
+
+
+# ------------------------------------------------------ guards: duplicates, empty and shrunk data
+def _run_log(params, tmp_path, inter, items, name):
+    ingest.run(params, write_log(tmp_path / name, inter, items), out=tmp_path / f"ing-{name}",
+               report=tmp_path / "r.json")
+    return _validate(params, tmp_path / f"ing-{name}", tmp_path)
+
+
+def test_exact_duplicate_events_are_collapsed_before_splitting(tmp_path, params):
+    inter, items = small_log(n_users=8, events=6)
+    stats = _run_log(params, tmp_path, inter + inter, items, "dup")   # every row delivered twice
+    assert stats["duplicate_events"] == len(inter) and stats["events"] == len(inter)
+    can = pd.read_parquet(tmp_path / "can" / "interactions.parquet")
+    assert not can.duplicated(["user_id", "item_id", "timestamp", "behavior", "query_id"]).any()
+    for (_, behavior), g in can.groupby(["user_id", "behavior"]):       # the test target is a later click
+        g = g.sort_values("step")
+        assert g["step"].iloc[-1] > g["step"].iloc[-2] and g["split"].iloc[-1] == "test"
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["quarantine"]["duplicate_events"] == len(inter) and report["quarantine"]["bad_rows"] == 0
+    q = pd.read_parquet(tmp_path / "q.parquet")
+    assert len(q) == len(inter) and q.reason.str.startswith("duplicate event").all()
+
+
+def test_header_only_interactions_fail_and_keep_the_good_tables(tmp_path, params):
+    inter, items = small_log(n_users=8, events=6)
+    _run_log(params, tmp_path, inter, items, "good")
+    before = pd.read_parquet(tmp_path / "can" / "interactions.parquet")
+    with pytest.raises(DataError, match=r"interactions\.parquet: no interactions at all"):
+        _run_log(params, tmp_path, [], items, "empty")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "can" / "interactions.parquet"), before)
+
+
+def test_a_large_drop_against_the_replaced_tables_fails(tmp_path, params):
+    inter, items = small_log(n_users=20, events=6)
+    _run_log(params, tmp_path, inter, items, "full")
+    before = pd.read_parquet(tmp_path / "can" / "interactions.parquet")
+    few = [r for r in inter if r[0] in {"u0", "u1", "u2"}]                # a truncated export
+    with pytest.raises(DataError, match=r"users 20 -> 3 \(-85\.0%\).*validate\.max_drop_share = 10%"):
+        _run_log(params, tmp_path, few, items, "truncated")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "can" / "interactions.parquet"), before)
+    most = [r for r in inter if r[0] != "u0"]                             # -5% of users: accepted
+    stats = _run_log(params, tmp_path, most, items, "most")
+    assert stats["users"] == 19
+    assert json.loads((tmp_path / "v.json").read_text())["drop_vs_previous"]["users"] == pytest.approx(0.05)

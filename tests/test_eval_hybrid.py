@@ -80,7 +80,7 @@ def test_knobs_are_chosen_on_validation_cases():
 
 def test_stage_fits_the_hybrids_on_the_validation_split(tables, tmp_path):  # noqa: F811
     canon = write_stage_inputs(tables, tmp_path)
-    params = load_params(tmp_path / "none.yaml", {"evaluate.baselines": ["bm25", "sasrec", "bm25+sasrec",
+    params = load_params(None, {"evaluate.baselines": ["bm25", "sasrec", "bm25+sasrec",
                                                                          "bm25>sasrec"], "evaluate.device": "cpu"})
     report = tmp_path / "report.json"
     summary = run(params, canonical=canon, model=None, sasrec=tmp_path / "sasrec", candidates=tmp_path / "cands",

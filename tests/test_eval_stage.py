@@ -58,7 +58,7 @@ def write_stage_inputs(tables, root):  # noqa: F811  (tables: the fixture's valu
 
 def test_stage_writes_comparable_metrics_and_reuses_candidates(tables, tmp_path):  # noqa: F811
     canon = write_stage_inputs(tables, tmp_path)
-    params = load_params(tmp_path / "none.yaml", {"evaluate.baselines": ["popularity", "bm25", "sasrec"],
+    params = load_params(None, {"evaluate.baselines": ["popularity", "bm25", "sasrec"],
                                                   "evaluate.device": "cpu"})
     out = tmp_path / "metrics" / "eval.json"
     summary = run(params, canonical=canon, model=tmp_path / "no_model", ids=tmp_path / "ids",
@@ -94,7 +94,7 @@ def test_stage_scores_a_saved_gensar_model_within_its_candidates(tmp_path):
     torch.manual_seed(0)
     model = build_model(ModelConfig(size="tiny", dropout=0.0), len(tok), tok.pad_token_id, tok.eos_token_id)
     save_model(model, tok, tmp_path / "t5", {"train": {}})
-    params = load_params(tmp_path / "none.yaml", {"evaluate.n_candidates": 10, "evaluate.beams": 10,
+    params = load_params(None, {"evaluate.n_candidates": 10, "evaluate.beams": 10,
                                                   "evaluate.baselines": ["popularity"], "evaluate.device": "cpu"})
     out = tmp_path / "eval.json"
     run(params, canonical=paths["canonical"], model=tmp_path / "t5", ids=paths["ids"],

@@ -106,7 +106,9 @@ def test_invalid_batch_fails_before_training_and_changes_nothing(trained, tmp_pa
     state = incremental(batch=str(bad), repo=str(repo), return_state=True)
     assert state.is_failed()
     assert "is invalid and was not added" in state.message or "InvalidBatch" in state.message
-    assert "batch-validation" in artifacts_of(state)
+    artifact = artifacts_of(state)["batch-validation"]
+    assert "## Why" in artifact and "| unknown item |" in artifact       # the reasons, with examples
+    assert "Examples of `unknown item`" in artifact and "ghost_" in artifact
     assert snapshot_hashes(repo) == before and (repo / "dvc.lock").read_text() == lock
     assert not (repo / "data" / "batches").exists()
 
@@ -128,3 +130,18 @@ def test_incremental_batch_assigns_new_ids_warm_starts_and_publishes_v2(trained)
     assert meta.get("init")                                           # warm start from the previous model
     assert out["published"]["tag"] == "model-v2" and version_tags(repo) == [1, 2]
     assert (repo / "data" / "batches" / "week1").is_dir()
+
+
+def test_a_resent_batch_is_a_no_op(trained, tmp_path):
+    import shutil
+
+    from flows.incremental import incremental
+
+    incremental_done(trained)
+    repo = trained["repo"]
+    again = tmp_path / "week1-resent"
+    shutil.copytree(trained["batch"], again)                          # the same content, another name
+    before, lock = snapshot_hashes(repo), (repo / "dvc.lock").read_text()
+    out = incremental(batch=str(again), repo=str(repo))
+    assert out["already_added_as"] == "week1" and out["stages"] == [] and out["published"] is None
+    assert snapshot_hashes(repo) == before and (repo / "dvc.lock").read_text() == lock

@@ -16,8 +16,9 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
-from gensar.config import load_params
+from gensar.config import ConfigError, load_params
 
 
 def parse_history(values: list[str] | None) -> list[tuple]:
@@ -99,9 +100,16 @@ def cmd_snapshot(args) -> int:
 
 
 def cmd_add_batch(args) -> int:
-    from gensar.data.snapshot import add_batch
+    from gensar.data.snapshot import BatchError, add_batch, find_batch
 
-    target = add_batch(args.batch, args.out, args.name)
+    same = find_batch(args.batch, args.out) if Path(args.batch).exists() else None
+    if same is not None:
+        print(f"batch {args.batch} is already in the snapshot as {same} (same content): nothing added")
+        return 0
+    try:
+        target = add_batch(args.batch, args.out, args.name)
+    except BatchError as e:
+        raise SystemExit(f"gensar add-batch: {e}") from None
     print(f"batch added as {target}; the incremental flow validates a batch before it adds it: "
           "`python -m flows.incremental --batch PATH`")
     return 0
@@ -151,7 +159,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConfigError as e:  # a wrong --params path or value: the message, not a traceback
+        raise SystemExit(f"gensar {args.command}: {e}") from None
 
 
 if __name__ == "__main__":

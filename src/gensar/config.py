@@ -60,6 +60,9 @@ class ValidateConfig:
     min_user_events: int = 3          # users with fewer events are quarantined (need train/valid/test)
     min_timestamp: int = 0            # unix seconds; earlier timestamps are bad rows
     max_timestamp: int = 4102444800   # 2100-01-01
+    # fail when the new canonical tables have fewer users, items or events than the ones they
+    # replace by more than this share (a truncated export must not replace good data)
+    max_drop_share: float = 0.1
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,11 +279,18 @@ def from_dict(cls, values: dict, where: str = ""):
     return cls(**kwargs)
 
 
-def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
-    """Read `params.yaml` (missing sections take their defaults) and apply dotted overrides."""
-    path = Path(path)
+def load_params(path: str | Path | None = "params.yaml", overrides: dict | None = None) -> Params:
+    """Read `params.yaml` (missing sections take their defaults) and apply dotted overrides.
+
+    `path=None` means every default (tests, tiny configs); a path that does not exist is an error
+    naming it, never a silent run on defaults.
+    """
     raw = {}
-    if path.exists():
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: params file not found (working directory {Path.cwd()}); pass the "
+                              "path of the project's params.yaml")
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
@@ -293,7 +303,7 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
     try:
         return from_dict(Params, raw)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{path or 'defaults'}: {e}") from None
 
 
 def to_dict(obj) -> dict:

@@ -67,7 +67,12 @@ class DataError(ValueError):
     """The input cannot be turned into the canonical tables (structural problem or too many bad rows).
 
     Messages name the file, the column or field, and a few example rows, so a user can fix the input.
+    `details` (JSON-friendly) carries what a report of the rejection shows: counts, reasons, examples.
     """
+
+    def __init__(self, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.details = details or {}
 
 
 def examples(values, n: int = 3) -> str:

@@ -42,6 +42,11 @@ UNIQUE_COLUMNS = {"items": "item_id", "queries": "query_id"}
 
 QUARANTINE_COLUMNS = ["table", "row", "item_id", "user_id", "step", "behavior", "reason"]
 
+# an exact repeat of an event (a log delivered twice, a batch re-sent): every copy after the first is
+# quarantined with this reason before splitting, and does not count as a bad row (it loses nothing)
+DUPLICATE = "duplicate event (same user, item, time, behavior and query as an earlier row)"
+DUPLICATE_KEY = ["user_id", "item_id", "timestamp", "behavior", "query_id"]
+
 
 # --------------------------------------------------------------------------------------------
 # Great Expectations plumbing
@@ -233,6 +238,7 @@ def row_reasons(tables: Tables, cfg: ValidateConfig) -> tuple[pd.Series, pd.Seri
     reason = pd.Series(None, index=inter.index, dtype=object)
     # later assignments override earlier ones, so the list runs from least to most fundamental
     checks = [
+        (DUPLICATE, inter.duplicated(DUPLICATE_KEY, keep="first")),
         ("search without query", (inter["behavior"] == "search") & ~inter["query_id"].isin(good_queries)),
         ("unknown behavior", ~inter["behavior"].isin(BEHAVIORS)),
         ("bad timestamp", ts.isna() | (ts < cfg.min_timestamp) | (ts > cfg.max_timestamp)),
@@ -275,6 +281,31 @@ def _quarantine_frame(tables: Tables, item_r, query_r, inter_r) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # canonical tables
 # --------------------------------------------------------------------------------------------
+def table_counts(tables: Tables) -> dict[str, int]:
+    """What the shrink guard compares: users, items and events of canonical tables."""
+    return {"users": int(tables.interactions["user_id"].nunique()), "items": len(tables.items),
+            "events": len(tables.interactions)}
+
+
+def check_no_large_drop(new: dict[str, int], old: dict[str, int], max_drop_share: float, where: str) -> dict:
+    """Refuse tables that lose more than `max_drop_share` of the users, items or events of `old`.
+
+    A nightly job fed a truncated export would otherwise train (and publish) on a fraction of the
+    data. Returns {name: drop share} for the report.
+    """
+    drops = {k: (old[k] - new[k]) / old[k] if old.get(k) else 0.0 for k in new}
+    over = {k: d for k, d in drops.items() if d > max_drop_share}
+    if over:
+        details = {"drop_vs_previous": {k: {"before": old[k], "after": new[k], "drop": round(d, 6)}
+                                        for k, d in drops.items()}, "max_drop_share": max_drop_share}
+        what = ", ".join(f"{k} {old[k]:,} -> {new[k]:,} (-{100 * d:.1f}%)" for k, d in over.items())
+        raise DataError(f"{where}: the new data is much smaller than the canonical tables it would replace: "
+                        f"{what}; more than validate.max_drop_share = {100 * max_drop_share:.0f}%. The previous "
+                        "tables are kept. If the drop is intended (a new source), raise validate.max_drop_share "
+                        "in params.yaml for this run or delete prepared/canonical first.", details=details)
+    return {k: round(d, 6) for k, d in drops.items()}
+
+
 def canonical_checks(tables: Tables) -> list[dict]:
     """Invariants of the canonical tables; a failure is a bug of this code, reported loudly."""
     import great_expectations as gx
@@ -311,29 +342,44 @@ def validate_tables(tables: Tables, cfg: ValidateConfig, files: dict[str, str] |
     Raises DataError on structural problems and when the share of bad rows exceeds the threshold.
     """
     files = files or {}
+    where = files.get("interactions", "interactions")
+    if tables.interactions.empty:
+        raise DataError(f"{where}: no interactions at all (a header-only or empty source?); nothing "
+                        "would be left to train on, so the previous canonical tables are kept")
     report = {"ingested": check_ingested(tables, cfg, files)}
     item_r, query_r, inter_r = row_reasons(tables, cfg)
     quarantine = _quarantine_frame(tables, item_r, query_r, inter_r)
 
     total = len(tables.items) + len(tables.interactions) + len(tables.queries)
-    share = len(quarantine) / max(total, 1)
+    duplicates = int((quarantine["reason"] == DUPLICATE).sum())
+    bad = len(quarantine) - duplicates
+    share = bad / max(total - duplicates, 1)
     top = quarantine["reason"].value_counts()
     reasons = {str(k): int(v) for k, v in top.items()}
-    report["quarantine"] = {"rows": len(quarantine), "total_rows": total, "share": share,
-                            "threshold": cfg.max_bad_row_share, "reasons": reasons}
-    logger.info("quarantine: %d of %d rows (%.2f%%): %s", len(quarantine), total, 100 * share, reasons)
+    report["quarantine"] = {"rows": len(quarantine), "bad_rows": bad, "duplicate_events": duplicates,
+                            "total_rows": total, "share": share, "threshold": cfg.max_bad_row_share,
+                            "reasons": reasons}
+    logger.info("quarantine: %d of %d rows (%d bad, %.2f%%; %d duplicate events collapsed): %s",
+                len(quarantine), total, bad, 100 * share, duplicates, reasons)
     if share > cfg.max_bad_row_share:
-        ex = quarantine.groupby("reason").head(1)
+        bad_rows = quarantine[quarantine["reason"] != DUPLICATE]
+        ex = bad_rows.groupby("reason").head(1)
         sample = "; ".join(f"{r.reason}: {r.table} row {r.row} (user {r.user_id}, item {r.item_id})"
                            for r in ex.head(5).itertuples())
+        examples_by_reason = {str(k): g.head(5).astype(str).to_dict("records")
+                              for k, g in bad_rows.groupby("reason", sort=False)}
         raise DataError(
-            f"{files.get('interactions', 'input')}: {100 * share:.2f}% of rows are bad ({len(quarantine)} of "
-            f"{total}), more than validate.max_bad_row_share = {100 * cfg.max_bad_row_share:.2f}%. Top reasons: "
-            + ", ".join(f"{k} ({v})" for k, v in list(reasons.items())[:5]) + f". Examples: {sample}")
+            f"{where}: {100 * share:.2f}% of rows are bad ({bad} of "
+            f"{total - duplicates}), more than validate.max_bad_row_share = {100 * cfg.max_bad_row_share:.2f}%. Top reasons: "
+            + ", ".join(f"{k} ({v})" for k, v in list(reasons.items())[:5]) + f". Examples: {sample}",
+            details={"quarantine": report["quarantine"], "examples": examples_by_reason})
 
     items = tables.items[item_r.isna()].reset_index(drop=True)
     queries = tables.queries[query_r.isna()].reset_index(drop=True)
     inter = tables.interactions[inter_r.isna()].copy()
+    if inter.empty:
+        raise DataError(f"{where}: no interaction is left after quarantine (reasons: {reasons}); the "
+                        "previous canonical tables are kept")
     # renumber the remaining steps densely per user (twins keep sharing one)
     inter["step"] = inter.groupby("user_id")["step"].rank(method="dense").astype("int64") - 1
     inter["timestamp"] = inter["timestamp"].astype("int64")

@@ -2,7 +2,10 @@
 
 Structural problems stop the stage (DataError naming file, column and examples); bad rows are
 quarantined with a reason, and the stage fails when their share exceeds
-`validate.max_bad_row_share`. Every output is written only after all checks passed, each one
+`validate.max_bad_row_share`; exact duplicate events are collapsed (quarantined, counted apart). The
+stage also fails on empty interactions and when users, items or events drop by more than
+`validate.max_drop_share` against the canonical tables it would replace (kept by DVC: `persist`).
+A failed validation writes its reasons and examples to `reports/validation.rejected.json`. Every output is written only after all checks passed, each one
 atomically, so a failing run leaves the previous outputs untouched.
 """
 from __future__ import annotations
@@ -10,12 +13,13 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gensar.config import Params, load_params
 from gensar.data.contract import TABLES, DataError, Tables
 from gensar.data.stats import dataset_stats
-from gensar.data.validate import validate_tables
+from gensar.data.validate import check_no_large_drop, table_counts, validate_tables
 from gensar.io import atomic_path, write_json, write_parquet
 from gensar.logs import setup_logging
 
@@ -27,11 +31,23 @@ def run(params: Params, ingested: str = "prepared/ingested", out: str = "prepare
         stats: str = "metrics/data.json") -> dict:
     """Validate the ingested tables, split them, write canonical tables; returns the statistics."""
     t0 = time.perf_counter()
-    tables = Tables.read(ingested)
-    files = {name: str(Path(ingested) / f"{name}.parquet") for name in TABLES}
-    canonical, bad_rows, result = validate_tables(tables, params.validate, files)
+    rejected = rejected_report_path(report)
+    try:
+        tables = Tables.read(ingested)
+        files = {name: str(Path(ingested) / f"{name}.parquet") for name in TABLES}
+        canonical, bad_rows, result = validate_tables(tables, params.validate, files)
+        if (Path(out) / "interactions.parquet").exists():  # the tables this run would replace
+            result["drop_vs_previous"] = check_no_large_drop(
+                table_counts(canonical), table_counts(Tables.read(out)), params.validate.max_drop_share,
+                files["interactions"])
+    except DataError as e:  # the previous outputs stay; the reasons go to a report of their own
+        write_json({"success": False, "error": str(e), "ingested": str(ingested), **e.details,
+                    "rejected_at": datetime.now(UTC).isoformat(timespec="seconds")}, rejected)
+        raise
+    rejected.unlink(missing_ok=True)
     data_stats = dataset_stats(canonical)
     data_stats["quarantined_rows"] = len(bad_rows)
+    data_stats["duplicate_events"] = result["quarantine"]["duplicate_events"]
     with atomic_path(out) as tmp:
         canonical.write(tmp)
     write_parquet(bad_rows, quarantine)
@@ -41,6 +57,12 @@ def run(params: Params, ingested: str = "prepared/ingested", out: str = "prepare
                 ingested, time.perf_counter() - t0, data_stats["users"], data_stats["items"],
                 data_stats["events"], len(bad_rows), out)
     return data_stats
+
+
+def rejected_report_path(report: str | Path) -> Path:
+    """Where a failed validation writes its report: `reports/validation.json` -> `validation.rejected.json`."""
+    report = Path(report)
+    return report.with_name(f"{report.stem}.rejected{report.suffix}")
 
 
 def main(argv=None) -> dict:
