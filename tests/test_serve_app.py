@@ -2,6 +2,7 @@
 concurrent load test against a real uvicorn server on loopback."""
 from __future__ import annotations
 
+import json
 import random
 import socket
 import threading
@@ -78,11 +79,72 @@ def test_cold_start_user_is_served(client):
     ("/search", '{"query": "   ", "history": []}', 422, "query must not be empty"),
     ("/search", '{"history": []}', 422, "query: Field required"),
     ("/search", '{"query": "pen", "history": [{"item_id": "it001", "behavior": "buy"}]}', 422, "behavior"),
+    ("/recommend", '{"history": ["it001"], "k": true}', 422, "k: Input should be a valid integer"),
+    ("/recommend", '{"history": ["it001"], "k": "5"}', 422, "k: Input should be a valid integer"),
+    ("/search", '{"query": "\\ud800 lamp"}', 422, "query: Value error, is not valid Unicode text"),
+    ("/search", '{"query": "pen", "history": [{"item_id": "it001", "behavior": "search", "query": "\\udfff"}]}',
+     422, "is not valid Unicode text"),
+    ("/recommend", '{"history": ["it\\ud800"]}', 422, "is not valid Unicode text"),
+    ("/recommend", '{"history": [' + ", ".join(['"it001"'] * 201) + "]}", 422,
+     "history holds 201 events, more than serve.max_history = 200"),
+    ("/search", '{"query": "' + "lamp " * 101 + '"}', 422,
+     "a query of 505 characters is longer than serve.max_query_chars = 500"),
 ])
 def test_bad_requests_get_clear_4xx(client, path, body, status, message):
     r = client.post(path, content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     assert message in r.json()["detail"]
+
+
+def test_body_size_and_content_type_limits(client):
+    big = '{"query": "pen", "history": [], "pad": "' + "x" * 300_000 + '"}'
+    r = client.post("/search", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "more than serve.max_body_bytes = 262,144" in r.json()["detail"]
+
+    def chunks():                                   # no Content-Length: the limit holds while streaming
+        yield b'{"query": "pen", "pad": "'
+        for _ in range(40):
+            yield b"x" * 10_000
+        yield b'"}'
+    r = client.post("/search", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    r = client.post("/search", content='{"query": "pen"}', headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "must be JSON" in r.json()["detail"]
+    assert client.post("/search", content='{"query": "pen"}',
+                       headers={"content-type": "application/json; charset=utf-8"}).status_code == 200
+    health = client.get("/health").json()
+    assert health["model_version"] == health["versions"]["model"] != "unknown"
+
+
+class Faulty(Runtime):
+    """The real runtime with one injected fault: a search for "poison" raises while decoding."""
+
+    def search_batch(self, queries, histories, ks):
+        if "poison" in queries:
+            raise RuntimeError("cannot decode")
+        return super().search_batch(queries, histories, ks)
+
+
+def test_a_request_that_fails_in_the_runtime_fails_alone(export):
+    """A request the runtime cannot decode (fault injected: a query that raises) is batched with good
+    ones: it gets a 500 of its own, every other request of the batch its answer."""
+    import asyncio
+
+    runtime = Faulty.load(export["out"], beams=CFG.beams)
+    app = create_app(export["out"], ServeConfig(beams=10, max_k=10, max_batch=8, max_wait_ms=200.0), runtime=runtime)
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            queries = ["desk lamp", "poison", "stapler", "ink pen", "poison", "marker"]
+            return await asyncio.gather(*[c.post("/search", json={"query": q, "k": 3}) for q in queries]), \
+                app.state.batcher.batches
+
+    responses, batches = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200, 500, 200, 200, 500, 200]
+    assert all(len(r.json()["items"]) == 3 for r in responses if r.status_code == 200)
+    assert "could not be decoded" in responses[1].json()["detail"]
+    assert batches == 4   # the failed batch of 6 was retried one by one: 4 good requests decoded alone
 
 
 def _free_port() -> int:
@@ -92,11 +154,12 @@ def _free_port() -> int:
 
 
 def test_concurrent_load_on_loopback_has_no_errors(export):
-    """16 concurrent clients, 96 requests, bounded to 120 s: every answer is a 200 with k items."""
+    """16 concurrent clients, 96 good requests and 32 bad ones mixed in (a lone surrogate: 422; a query
+    the runtime fails on: 500), bounded to 120 s: every good answer is a 200 with k items."""
     import uvicorn
 
     port = _free_port()
-    runtime = Runtime.load(export["out"], beams=CFG.beams)
+    runtime = Faulty.load(export["out"], beams=CFG.beams)
     app = create_app(export["out"], CFG, runtime=runtime)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -115,22 +178,28 @@ def test_concurrent_load_on_loopback_has_no_errors(export):
                 jobs.append(("/recommend", {"user_id": f"u{i}", "history": history, "k": 5}))
             else:
                 jobs.append(("/search", {"query": " ".join(rng.sample(WORDS, 2)), "history": history, "k": 5}))
+            if i % 3 == 0:   # a bad request beside every third good one
+                jobs.append(("/search", {"query": "poison" if i % 2 else "\ud800", "k": 5}))
 
         def call(job):
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
-                r = c.post(*job[:1], json=job[1])
+                # json.dumps escapes the lone surrogate as the 6 characters \ud800, as a client would send it
+                r = c.post(job[0], content=json.dumps(job[1]), headers={"content-type": "application/json"})
                 return r.status_code, len(r.json().get("items", []))
 
         t0 = time.perf_counter()
         with ThreadPoolExecutor(16) as pool:
             results = list(pool.map(call, jobs, timeout=120))
         seconds = time.perf_counter() - t0
-        assert results == [(200, 5)] * len(jobs)
+        bad = [j[1].get("query") in ("poison", "\ud800") for j in jobs]
+        good = [r for r, b in zip(results, bad) if not b]
+        assert len(good) == 96 and good == [(200, 5)] * 96          # 0 errors for the good requests
+        assert sorted(r[0] for r, b in zip(results, bad) if b) == [422] * 16 + [500] * 16
         stats = httpx.get(f"http://127.0.0.1:{port}/health").json()
         # concurrent requests were decoded together, not one by one
         assert stats["batches"] < len(jobs)
-        print(f"load: {len(jobs)} requests, 16 clients, {seconds:.2f} s, {len(jobs) / seconds:.1f} req/s, "
-              f"{stats['batches']} batches")
+        print(f"load: {len(jobs)} requests ({sum(bad)} bad), 16 clients, {seconds:.2f} s, "
+              f"{len(jobs) / seconds:.1f} req/s, {stats['batches']} batches, good: {len(good)} x 200")
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -198,6 +198,9 @@ class ServeConfig:
     spin: bool = False            # let idle onnxruntime threads spin (lower latency on a dedicated machine)
     max_batch: int = 16           # requests decoded together by the service's micro-batcher
     max_wait_ms: float = 2.0      # how long the batcher waits for more requests
+    max_body_bytes: int = 262144  # larger request bodies get a 413 (before any parsing)
+    max_history: int = 200        # events a request's history may hold (the model reads the last few)
+    max_query_chars: int = 500    # characters of a query or of a history event's query
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -9,8 +9,12 @@ A history is a list of events, oldest first; an event is an item id string (a re
 or {"item_id": ..., "behavior": "rec"|"search", "query": ...}. A user the service has never seen is
 served from the history given (cold start; an empty history is fine). `user_id` is only echoed.
 
-Errors are 4xx with a `detail` message that says what is wrong: 400 malformed JSON, 422 a field of
-the wrong type, an empty query, k out of [1, serve.max_k], unknown item ids in a history.
+Errors are 4xx with a `detail` message that says what is wrong: 400 malformed JSON, 413 a body larger
+than serve.max_body_bytes, 415 a body that is not JSON, 422 a field of the wrong type (strict: `k: true`
+is not 1), a string that is not valid Unicode (a lone surrogate), an empty query, k out of
+[1, serve.max_k], a history longer than serve.max_history or a query longer than
+serve.max_query_chars, unknown item ids in a history. A request that fails while decoding gets a 500
+of its own: the batcher retries the other requests of its batch one by one.
 
 Concurrent requests are decoded together: the batcher collects up to `serve.max_batch` requests,
 waiting at most `serve.max_wait_ms` after the first, and runs one beam search per task in a worker
@@ -26,12 +30,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from gensar.config import ServeConfig
 from gensar.serve.runtime import Runtime, UnknownItemsError
@@ -42,20 +46,32 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # request / response bodies
 # --------------------------------------------------------------------------------------------
+def _valid_text(value: str) -> str:
+    """JSON may carry strings that are not text (a lone surrogate such as "\\ud800"): refuse them here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_text)]
+
+
 class Event(BaseModel):
-    item_id: str
+    item_id: Text
     behavior: Literal["rec", "search"] = "rec"
-    query: str | None = None
+    query: Text | None = None
 
 
 class RecommendRequest(BaseModel):
-    history: list[str | Event] = Field(default_factory=list)
-    k: int = 10
-    user_id: str | None = None
+    history: list[Text | Event] = Field(default_factory=list)
+    k: int = Field(10, strict=True)   # `"k": true` or `"k": "5"` is a 422, not 1 or 5
+    user_id: Text | None = None
 
 
 class SearchRequest(RecommendRequest):
-    query: str
+    query: Text
 
 
 class Item(BaseModel):
@@ -125,24 +141,76 @@ class MicroBatcher:
                 if group:
                     await self._run(loop, kind, group)
 
+    def _decode(self, kind: str, group: list) -> list:
+        histories, ks = [r[2] for r in group], [r[3] for r in group]
+        if kind == "rec":
+            return self.runtime.recommend_batch(histories, ks)
+        return self.runtime.search_batch([r[1] for r in group], histories, ks)
+
     async def _run(self, loop, kind: str, group: list) -> None:
-        histories = [r[2] for r in group]
-        ks = [r[3] for r in group]
+        """Decode `group` as one batch; if that fails, each request alone, so that a request the
+        runtime cannot serve fails by itself and never takes the others of its batch with it."""
         try:
-            if kind == "rec":
-                results = await loop.run_in_executor(self.pool, self.runtime.recommend_batch, histories, ks)
-            else:
-                queries = [r[1] for r in group]
-                results = await loop.run_in_executor(self.pool, self.runtime.search_batch, queries, histories, ks)
+            results = await loop.run_in_executor(self.pool, self._decode, kind, group)
             self.batches += 1
-            for r, hits in zip(group, results):
-                if not r[4].done():
-                    r[4].set_result(hits)
         except Exception as e:
-            logger.exception("serve: a %s batch of %d failed", kind, len(group))
-            for r in group:
-                if not r[4].done():
-                    r[4].set_exception(e)
+            if len(group) > 1:
+                logger.warning("serve: a %s batch of %d failed (%s); decoding its requests one by one",
+                               kind, len(group), type(e).__name__)
+                for r in group:
+                    await self._run(loop, kind, [r])
+                return
+            logger.exception("serve: a %s request failed", kind)
+            if not group[0][4].done():
+                group[0][4].set_exception(RequestFailed(f"the {kind} request could not be decoded ({type(e).__name__})"))
+            return
+        for r, hits in zip(group, results):
+            if not r[4].done():
+                r[4].set_result(hits)
+
+
+class RequestFailed(RuntimeError):
+    """The runtime could not serve one request (the others of its batch were served)."""
+
+
+class BodyLimits:
+    """ASGI middleware: a POST body must be JSON (else 415) of at most `max_bytes` (else 413).
+
+    The size is checked on the Content-Length header and again while the body streams in (chunked
+    uploads have no header), before anything parses it; bounded bodies also bound the time the
+    event loop spends in JSON parsing (about 2 ms for the default 256 kB).
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if ctype != b"application/json" and not ctype.endswith(b"+json"):
+            shown = ctype.decode("latin-1") or "none"
+            return await _reply(send, 415, f"the body must be JSON (Content-Type: application/json), got {shown}")
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _reply(send, 413, f"the body is {int(length):,} bytes, more than serve.max_body_bytes "
+                                           f"= {self.max_bytes:,}")
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise HTTPException(413, f"the body is more than serve.max_body_bytes = {self.max_bytes:,} bytes")
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+async def _reply(send, status: int, detail: str) -> None:
+    await JSONResponse(status_code=status, content={"detail": detail})({"type": "http"}, None, send)
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,6 +238,7 @@ def create_app(export_dir: str | Path = "models/onnx", cfg: ServeConfig | None =
 
     app = FastAPI(title="GenSAR", version=str(runtime.meta.get("format", "")), lifespan=lifespan)
     app.state.runtime, app.state.batcher = runtime, batcher
+    app.add_middleware(BodyLimits, max_bytes=cfg.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):
@@ -180,14 +249,23 @@ def create_app(export_dir: str | Path = "models/onnx", cfg: ServeConfig | None =
             return JSONResponse(status_code=400, content={"detail": f"malformed JSON body: {msg}"})
         parts = []
         for e in errors:
-            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+            # pydantic names the branches of `str | Event` in the location; a user wants the field
+            where = ".".join(str(x) for x in e.get("loc", ())
+                             if x not in ("body", "Event") and "function-after[" not in str(x)) or "body"
             parts.append(f"{where}: {e.get('msg')}")
         return JSONResponse(status_code=422, content={"detail": "; ".join(parts)})
 
-    def check(req: RecommendRequest) -> list[tuple]:
+    def check(req: RecommendRequest, query: str | None = None) -> list[tuple]:
         if not 1 <= req.k <= cfg.max_k:
             raise HTTPException(422, f"k must be between 1 and {cfg.max_k}, got {req.k}")
+        if len(req.history) > cfg.max_history:
+            raise HTTPException(422, f"history holds {len(req.history):,} events, more than serve.max_history "
+                                     f"= {cfg.max_history} (the model reads the last few; send those)")
         events = as_events(req.history)
+        long = [q for q in [query] + [e[2] for e in events] if q is not None and len(q) > cfg.max_query_chars]
+        if long:
+            raise HTTPException(422, f"a query of {len(long[0]):,} characters is longer than serve.max_query_chars "
+                                     f"= {cfg.max_query_chars}")
         try:
             runtime.check_history(events)
         except UnknownItemsError as e:
@@ -196,7 +274,11 @@ def create_app(export_dir: str | Path = "models/onnx", cfg: ServeConfig | None =
 
     async def answer(kind: str, req: RecommendRequest, query: str | None) -> Response:
         t0 = time.perf_counter()
-        hits = await batcher.submit(kind, query, check(req), req.k)
+        events = check(req, query)
+        try:
+            hits = await batcher.submit(kind, query, events, req.k)
+        except RequestFailed as e:
+            raise HTTPException(500, str(e)) from None
         return Response(items=[Item(item_id=h.item_id, title=h.title, score=h.score) for h in hits],
                         user_id=req.user_id, model_version=model_version,
                         latency_ms=round(1e3 * (time.perf_counter() - t0), 3))
@@ -213,7 +295,8 @@ def create_app(export_dir: str | Path = "models/onnx", cfg: ServeConfig | None =
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "items": len(runtime.ids), "providers": runtime.providers,
+        return {"status": "ok", "model_version": model_version, "versions": versions,
+                "items": len(runtime.ids), "providers": runtime.providers,
                 "beams": runtime.beams, "normalize": runtime.normalize, "batches": batcher.batches}
 
     @app.get("/version")
