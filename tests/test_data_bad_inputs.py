@@ -163,12 +163,12 @@ def test_bad_rows_are_quarantined_with_reasons(tmp_path, params):
     assert len(can) == 8 * 6 and can.timestamp.dtype == "int64"
     report = json.loads((tmp_path / "v.json").read_text())
     assert report["success"] and report["quarantine"]["rows"] == 8
-    failed = {(r["type"], r["column"]) for r in report["ingested"]["interactions"] if not r["success"]}
-    assert failed == {("expect_column_values_to_be_in_set", "behavior"),   # GX saw the same bad rows
-                      ("expect_column_values_to_be_in_set", "_item_known"),
-                      ("expect_column_values_to_be_in_set", "_query_known"),
-                      ("expect_column_values_to_not_be_null", "timestamp"),
-                      ("expect_column_values_to_be_between", "timestamp")}
+    assert all(r["success"] for r in report["ingested"]["interactions"])    # structure is fine
+    failed = {r["reason"]: r["result"]["unexpected_count"] for t in ("items", "interactions")
+              for r in report["rows"][t] if not r["success"]}
+    assert failed == {"empty text": 1, "unknown behavior": 1, "unknown item": 1,   # GX saw the same bad rows
+                      "item with bad metadata (empty text)": 1, "bad timestamp": 1, "search without query": 1,
+                      "user with fewer than 3 events": 1}
 
 
 def test_too_many_bad_rows_fail_with_share_threshold_and_reasons(tmp_path, params):
@@ -241,3 +241,18 @@ def test_a_large_drop_against_the_replaced_tables_fails(tmp_path, params):
     stats = _run_log(params, tmp_path, most, items, "most")
     assert stats["users"] == 19
     assert json.loads((tmp_path / "v.json").read_text())["drop_vs_previous"]["users"] == pytest.approx(0.05)
+
+
+def test_text_of_invisible_characters_only_is_quarantined_by_both_engines(tmp_path, params):
+    inter, items = small_log(n_users=8, events=6)
+    items.append({"item_id": "ghostly", "title": "\u200b\u200d\u202e", "description": "\x07", "brand": "",
+                  "categories": ""})
+    params = dataclasses.replace(params, validate=ValidateConfig(max_bad_row_share=0.2))
+    stats = _run_log(params, tmp_path, inter + [("u0", "ghostly", 1_600_000_950, "rec", "")], items, "invisible")
+    q = pd.read_parquet(tmp_path / "q.parquet")
+    assert q[["table", "item_id", "reason"]].values.tolist() == [
+        ["items", "ghostly", "empty text"], ["interactions", "ghostly", "item with bad metadata (empty text)"]]
+    report = json.loads((tmp_path / "v.json").read_text())
+    gx = {r["reason"]: r["result"]["unexpected_count"] for t in ("items", "interactions")
+          for r in report["rows"][t] if not r["success"]}
+    assert gx == {"empty text": 1, "item with bad metadata (empty text)": 1} and stats["items"] == 5

@@ -1,4 +1,4 @@
-"""Text cleaning for item fields: HTML entities and tags, whitespace, length.
+"""Text cleaning for item fields: HTML entities and tags, invisible characters, whitespace, length.
 
 Real Amazon titles carry entities (`AT&amp;T`, sometimes double-escaped `&amp;amp;`), stray markup
 (`<br />`, `<b>`), runs of spaces and descriptions thousands of characters long. The encoders only
@@ -15,6 +15,10 @@ import pandas as pd
 
 _TAG = re.compile(r"<[^<>]{0,200}>")
 _SPACE = re.compile(r"\s+")
+# characters nobody reads: C0/C1 controls (tabs and newlines are spaces, collapsed below), zero-width
+# and joiner characters, bidi marks, embeddings, overrides and isolates, the BOM, lone surrogates
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f"
+                        "\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]")
 
 
 def clean_text(value) -> str:
@@ -29,7 +33,7 @@ def clean_text(value) -> str:
         if unescaped == text:
             break
         text = unescaped
-    text = _TAG.sub(" ", text)
+    text = _INVISIBLE.sub("", _TAG.sub(" ", text))
     return _SPACE.sub(" ", text).strip()
 
 
@@ -59,10 +63,11 @@ def item_text(row, max_chars: int = 512) -> str:
 
 
 def clean_items(items: pd.DataFrame, max_chars: int) -> pd.DataFrame:
-    """Clean title/description/brand and category names, and add the `text` column."""
+    """Clean title/description/brand and category names (each cut to `max_chars` like `text`: they
+    are served as they are), and add the `text` column."""
     out = items.copy()
     for col in ("title", "description", "brand"):
-        out[col] = out[col].map(clean_text).astype(object)
+        out[col] = out[col].map(lambda v: truncate(clean_text(v), max_chars)).astype(object)
     out["categories"] = out["categories"].map(
         lambda paths: [[c for c in (clean_text(n) for n in path) if c] for path in paths])
     out["categories"] = out["categories"].map(lambda paths: [p for p in paths if p])

@@ -11,12 +11,16 @@ row         an interaction with an unknown item, an item with empty text, a bad 
             exceeds `validate.max_bad_row_share`.
 
 The GX suites are built in code and run on an ephemeral context (pandas dataframe asset, one
-whole-dataframe batch). Row expectations use pandas masks for the quarantine itself (one
-vectorised pass, a reason per row) and GX for the report. An expectation that errors inside GX
+whole-dataframe batch). Each row rule is written once (`row_rules`): the pandas mask that
+quarantines the rows (one vectorised pass, a reason per row) and the GX expectation of the report
+are derived from it, and their counts of bad rows must agree. An expectation that errors inside GX
 returns success=False with `exception_info`; that is reported as an error, never as a pass.
+Control, zero-width and bidi-override characters are removed by cleaning (`gensar.data.clean`), so
+a text made only of them is empty and quarantined.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from datetime import UTC, datetime
@@ -140,25 +144,85 @@ def _raise_errors(results: list[dict], where: str) -> None:
 # --------------------------------------------------------------------------------------------
 # ingested tables: structure (stops the stage) and row expectations (reported, rows quarantined)
 # --------------------------------------------------------------------------------------------
-def _row_expectations(name: str, cfg: ValidateConfig) -> list:
-    """Row-level expectations of an ingested table. They may fail: the bad rows are quarantined.
+@dataclasses.dataclass(frozen=True)
+class RowRule:
+    """One row rule, written once: the pandas mask that quarantines rows and the GX expectation
+    that reports them are both derived from it (and their counts must agree, see `row_reasons`).
 
-    Referential checks run on derived boolean columns (`_item_known`, `_query_known`) instead of
-    `value_set=<all item ids>`: GX re-serialises a large value set many times per expectation.
+    check: `not_null`; `nonblank` (a non-null string with a non-space character); `in_set` (value in
+    `values`; nulls are left to a `not_null` rule); `between` (values = (min, max); nulls likewise);
+    `true` (a boolean flag column derived by `_flags`: references, duplicates, users' event counts).
     """
-    import great_expectations as gx
 
-    E = gx.expectations
-    if name == "items":
-        return [E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1)]
-    if name == "interactions":
-        return [E.ExpectColumnValuesToBeInSet(column="behavior", value_set=list(BEHAVIORS)),
-                E.ExpectColumnValuesToNotBeNull(column="timestamp"),
-                E.ExpectColumnValuesToBeBetween(column="timestamp", min_value=cfg.min_timestamp,
-                                                max_value=cfg.max_timestamp),
-                E.ExpectColumnValuesToBeInSet(column="_item_known", value_set=[True]),
-                E.ExpectColumnValuesToBeInSet(column="_query_known", value_set=[True])]
-    return [E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1)]
+    table: str
+    reason: str
+    column: str
+    check: str
+    values: tuple = ()
+
+    def bad(self, df: pd.DataFrame) -> pd.Series:
+        col = df[self.column]
+        if self.check == "not_null":
+            return col.isna()
+        if self.check == "nonblank":
+            return col.notna() & (col.astype(str).str.strip() == "")
+        if self.check == "in_set":
+            return col.notna() & ~col.isin(list(self.values))
+        if self.check == "between":
+            return col.notna() & ((col < self.values[0]) | (col > self.values[1]))
+        if self.check == "true":
+            return col != True  # noqa: E712 - a flag column, compared element-wise
+        raise ValueError(f"unknown row check {self.check!r}")
+
+    def expectation(self):
+        import great_expectations as gx
+
+        E = gx.expectations
+        if self.check == "not_null":
+            return E.ExpectColumnValuesToNotBeNull(column=self.column)
+        if self.check == "nonblank":
+            return E.ExpectColumnValuesToMatchRegex(column=self.column, regex=r"\S")
+        if self.check == "in_set":
+            return E.ExpectColumnValuesToBeInSet(column=self.column, value_set=list(self.values))
+        if self.check == "between":
+            return E.ExpectColumnValuesToBeBetween(column=self.column, min_value=self.values[0],
+                                                   max_value=self.values[1])
+        return E.ExpectColumnValuesToBeInSet(column=self.column, value_set=[True])
+
+
+def row_rules(cfg: ValidateConfig) -> list[RowRule]:
+    """Every row rule of the ingested tables. Within a table the list runs from the least to the most
+    fundamental reason: a row breaking several rules is quarantined with the last one it breaks."""
+    R = RowRule
+    min_events = f"user with fewer than {cfg.min_user_events} events"
+    return [
+        R("items", "empty text", "text", "not_null"),
+        R("items", "empty text", "text", "nonblank"),
+        R("items", "empty item id", "item_id", "not_null"),
+        R("items", "empty item id", "item_id", "nonblank"),
+        R("queries", "empty query text", "text", "not_null"),
+        R("queries", "empty query text", "text", "nonblank"),
+        R("interactions", DUPLICATE, "_first_copy", "true"),
+        R("interactions", "search without query", "_query_known", "true"),
+        R("interactions", "unknown behavior", "behavior", "not_null"),
+        R("interactions", "unknown behavior", "behavior", "in_set", BEHAVIORS),
+        R("interactions", "bad timestamp", "timestamp", "not_null"),
+        R("interactions", "bad timestamp", "timestamp", "between", (cfg.min_timestamp, cfg.max_timestamp)),
+        R("interactions", "item with bad metadata (empty text)", "_item_ok", "true"),
+        R("interactions", "unknown item", "_item_known", "true"),
+        R("interactions", "empty user id", "user_id", "not_null"),
+        R("interactions", "empty user id", "user_id", "nonblank"),
+        # evaluated last, on the rows no other rule quarantined (a user needs train, valid and test)
+        R("interactions", min_events, "_enough_events", "true"),
+    ]
+
+
+def _reasons(df: pd.DataFrame, rules: list[RowRule]) -> pd.Series:
+    """A reason per row (None = good): the last rule in `rules` that the row breaks."""
+    reason = pd.Series(None, index=df.index, dtype=object)
+    for rule in rules:
+        reason[rule.bad(df).to_numpy()] = rule.reason
+    return reason
 
 
 def _with_reference_flags(tables: Tables) -> pd.DataFrame:
@@ -196,8 +260,7 @@ def check_ingested(tables: Tables, cfg: ValidateConfig, files: dict[str, str]) -
                        for c, t in NUMBER_COLUMNS.get(name, {}).items()]
         if name in UNIQUE_COLUMNS:
             structural.append(E.ExpectColumnValuesToBeUnique(column=UNIQUE_COLUMNS[name]))
-        frame = _with_reference_flags(tables) if name == "interactions" else df
-        results = run_suite(frame, f"{name}-ingested", structural + _row_expectations(name, cfg))
+        results = run_suite(df, f"{name}-ingested", structural)
         n_struct = len(structural)
         for r in results[:n_struct]:          # structural failures first: they explain row errors
             if r["success"]:
@@ -220,40 +283,47 @@ def check_ingested(tables: Tables, cfg: ValidateConfig, files: dict[str, str]) -
 # --------------------------------------------------------------------------------------------
 # row checks -> quarantine
 # --------------------------------------------------------------------------------------------
-def row_reasons(tables: Tables, cfg: ValidateConfig) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """A reason (str) or None per row of items, queries and interactions; the first reason wins."""
-    items, inter, queries = tables.items, tables.interactions, tables.queries
+def row_reasons(tables: Tables, cfg: ValidateConfig) -> tuple[pd.Series, pd.Series, pd.Series, dict]:
+    """A reason (str) or None per row of items, queries and interactions, and the GX report of the
+    same rules. Both come from `row_rules`; a rule whose GX count differs from its pandas count is a
+    bug and stops the stage."""
+    rules = row_rules(cfg)
+    by_table = {t: [r for r in rules if r.table == t] for t in ("items", "queries", "interactions")}
+    items, queries = tables.items, tables.queries
+    item_reason = _reasons(items, by_table["items"])
+    query_reason = _reasons(queries, by_table["queries"])
 
-    item_reason = pd.Series(None, index=items.index, dtype=object)
-    item_reason[items["text"].fillna("").str.strip() == ""] = "empty text"
-    item_reason[items["item_id"].fillna("").str.strip() == ""] = "empty item id"
-
-    query_reason = pd.Series(None, index=queries.index, dtype=object)
-    query_reason[queries["text"].fillna("").str.strip() == ""] = "empty query text"
-
+    # flags of the interactions: references to good / known rows, first copies, enough events
+    inter = tables.interactions
     good_items = set(items.loc[item_reason.isna(), "item_id"])
-    bad_items = set(items.loc[item_reason.notna(), "item_id"])
-    good_queries = set(queries.loc[query_reason.isna(), "query_id"])
-    ts = inter["timestamp"]
-    reason = pd.Series(None, index=inter.index, dtype=object)
-    # later assignments override earlier ones, so the list runs from least to most fundamental
-    checks = [
-        (DUPLICATE, inter.duplicated(DUPLICATE_KEY, keep="first")),
-        ("search without query", (inter["behavior"] == "search") & ~inter["query_id"].isin(good_queries)),
-        ("unknown behavior", ~inter["behavior"].isin(BEHAVIORS)),
-        ("bad timestamp", ts.isna() | (ts < cfg.min_timestamp) | (ts > cfg.max_timestamp)),
-        ("item with bad metadata (empty text)", inter["item_id"].isin(bad_items)),
-        ("unknown item", ~inter["item_id"].isin(good_items | bad_items)),
-        ("empty user id", inter["user_id"].fillna("").str.strip() == ""),
-    ]
-    for why, mask in checks:
-        reason[mask.to_numpy()] = why
-    # users left with too few clicks (steps) once the other bad rows are gone
+    frame = inter.assign(
+        _first_copy=~inter.duplicated(DUPLICATE_KEY, keep="first"),
+        _query_known=(inter["behavior"] != "search") | inter["query_id"].isin(
+            set(queries.loc[query_reason.isna(), "query_id"])),
+        _item_known=inter["item_id"].isin(set(items["item_id"])),
+        _item_ok=~inter["item_id"].isin(set(items["item_id"])) | inter["item_id"].isin(good_items),
+        _enough_events=True)
+    *others, last = by_table["interactions"]
+    reason = _reasons(frame, others)
     ok = reason.isna()
     n_steps = inter[ok].groupby("user_id")["step"].nunique()
     few = set(n_steps.index[n_steps < cfg.min_user_events])
-    reason[ok & inter["user_id"].isin(few)] = f"user with fewer than {cfg.min_user_events} events"
-    return item_reason, query_reason, reason
+    frame["_enough_events"] = ~(ok & inter["user_id"].isin(few))
+    reason[~frame["_enough_events"].to_numpy()] = last.reason
+
+    report = {}
+    for name, df in (("items", items), ("queries", queries), ("interactions", frame)):
+        table_rules = by_table[name]
+        results = run_suite(df, f"{name}-rows", [r.expectation() for r in table_rules])
+        _raise_errors(results, name)
+        for rule, res in zip(table_rules, results):
+            n_pandas, n_gx = int(rule.bad(df).sum()), res["result"].get("unexpected_count", 0)
+            if n_pandas != n_gx:
+                raise DataError(f"{name}: the row rule '{rule.reason}' ({rule.check} on {rule.column!r}) finds "
+                                f"{n_pandas} rows with pandas and {n_gx} with Great Expectations (a bug: please report)")
+            res["reason"] = rule.reason
+        report[name] = results
+    return item_reason, query_reason, reason, report
 
 
 def _quarantine_frame(tables: Tables, item_r, query_r, inter_r) -> pd.DataFrame:
@@ -347,7 +417,7 @@ def validate_tables(tables: Tables, cfg: ValidateConfig, files: dict[str, str] |
         raise DataError(f"{where}: no interactions at all (a header-only or empty source?); nothing "
                         "would be left to train on, so the previous canonical tables are kept")
     report = {"ingested": check_ingested(tables, cfg, files)}
-    item_r, query_r, inter_r = row_reasons(tables, cfg)
+    item_r, query_r, inter_r, report["rows"] = row_reasons(tables, cfg)
     quarantine = _quarantine_frame(tables, item_r, query_r, inter_r)
 
     total = len(tables.items) + len(tables.interactions) + len(tables.queries)
