@@ -43,7 +43,9 @@ def test_failed_runs_leave_previous_outputs_untouched(tmp_path, params):
     strict = dataclasses.replace(params, validate=ValidateConfig(max_bad_row_share=0.01))
     with pytest.raises(DataError, match="rows are bad"):
         validate.run(strict, work / "prepared/ingested", **paths)
-    assert _snapshot(work) == after_ingest
+    rejected = _snapshot(work).pop("reports/validation.rejected.json")   # the reasons, beside the good report
+    assert b"unknown item" in rejected
+    assert {k: v for k, v in _snapshot(work).items() if k != "reports/validation.rejected.json"} == after_ingest
     for key in ("prepared/canonical/items.parquet", "prepared/quarantine.parquet",
                 "reports/validation.json", "metrics/data.json", "models/model.pt"):
         assert after_ingest[key] == before[key]

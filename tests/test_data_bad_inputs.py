@@ -256,3 +256,30 @@ def test_text_of_invisible_characters_only_is_quarantined_by_both_engines(tmp_pa
     gx = {r["reason"]: r["result"]["unexpected_count"] for t in ("items", "interactions")
           for r in report["rows"][t] if not r["success"]}
     assert gx == {"empty text": 1, "item with bad metadata (empty text)": 1} and stats["items"] == 5
+
+
+def test_ids_that_differ_in_form_are_named_with_the_source_file(tmp_path, params):
+    inter, items = small_log(n_users=8, n_items=5, events=6)
+    items = [{**it, "item_id": it["item_id"][1:]} for it in items]                 # items file: 0, 1, ...
+    inter = [(u, f"{i[1:]}.0", t, b, q) for u, i, t, b, q in inter]                # interactions: 0.0, 1.0, ...
+    folder = write_log(tmp_path / "floats", inter, items)
+    ingest.run(params, folder, out=tmp_path / "ing", report=tmp_path / "r.json")
+    with pytest.raises(DataError) as e:
+        _validate(params, tmp_path / "ing", tmp_path)
+    msg = str(e.value)
+    assert msg.startswith(f"{folder / 'interactions.csv'}: 88.89% of rows are bad (48 of ")   # the file the user wrote
+    assert "differ only in form" in msg and "'0.0' vs '0'" in msg
+
+
+def test_quarantine_rows_point_at_the_source_row(tmp_path, params):
+    params = dataclasses.replace(params, validate=ValidateConfig(max_bad_row_share=0.2))
+    folder = _log_with_bad_rows(tmp_path)
+    ingest.run(params, folder, out=tmp_path / "ing", report=tmp_path / "r.json")
+    _validate(params, tmp_path / "ing", tmp_path)
+    q = pd.read_parquet(tmp_path / "q.parquet")
+    raw = pd.read_csv(folder / "interactions.csv", dtype=str, keep_default_na=False)
+    for r in q[q.table == "interactions"].itertuples():                            # data row N = raw.iloc[N - 1]
+        assert r.source == str(folder / "interactions.csv")
+        assert (raw.iloc[r.row - 1]["user"], raw.iloc[r.row - 1]["item"]) == (r.user_id, r.item_id)
+    blank = q[(q.table == "items")].iloc[0]
+    assert blank.source == str(folder / "items.csv") and blank.row == 6           # the 6th item row

@@ -25,7 +25,11 @@ queries.parquet
     query_id     str   unique; 'q' + 16 hex digits of the BLAKE2b hash of the text (stable)
     text         str   non-empty, lowercase
 
-prepared/ingested/ holds the same three tables before validation: no `split`, `timestamp` is
+prepared/ingested/ holds the same three tables before validation, items and interactions with two
+more columns, `source_file` (the raw file a row came from, as the ingest stage saw it, e.g.
+`data/batches/week1/interactions.csv`) and `source_row` (1-based: the data row of a CSV or Parquet
+file without the header, the line of a JSON-lines file, the position in a user's list of a shared
+`.inter.json`), so that quarantine and error messages point where a user can look. No `split`, `timestamp` is
 float64 there (NaN marks a missing or unparsable time, quarantined by validate), steps may have
 gaps after quarantine and are renumbered densely in prepared/canonical/. In a platform log every
 row is its own step (no twins); in Amazon/shared data `queries.mode` decides (see queries.py).
@@ -55,6 +59,7 @@ INTERACTION_COLUMNS = {
     "query_id": "string",
 }
 SPLIT_COLUMN = "split"
+SOURCE_COLUMNS = ["source_file", "source_row"]   # ingested items and interactions only
 QUERY_COLUMNS = {"query_id": "string", "text": "string"}
 
 BEHAVIORS = ("rec", "search")

@@ -33,12 +33,13 @@ from tqdm.auto import tqdm
 
 from gensar.config import DataConfig, QueriesConfig
 from gensar.data.clean import clean_items, clean_text
-from gensar.data.contract import DataError, Tables, examples
+from gensar.data.contract import SOURCE_COLUMNS, DataError, Tables, examples
 from gensar.data.queries import derive_events, query_id
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("shared", "amazon", "log")
+RAW_ITEM_COLUMNS = ["item_id", "title", "description", "brand", "categories", *SOURCE_COLUMNS]
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,6 +125,9 @@ def read_shared(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             "item_id": pd.Series(flat, dtype=object).astype(str).to_numpy(),
             "timestamp": np.nan,     # position only: filled in by `_order_events`
             "behavior": None, "query": None,
+            # where a user finds the row: the file, and the event's position in the user's list
+            "source_file": str(inter_path),
+            "source_row": np.concatenate([np.arange(1, n + 1) for n in lengths]) if len(lengths) else [],
         }))
         meta = _load_json(item_path)
         if not isinstance(meta, dict):
@@ -140,6 +144,7 @@ def read_shared(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             "brand": [v.get("brand", "") for v in meta.values()],
             "categories": [_check_paths(k, v.get("categories"), item_path, "categories")
                            for k, v in meta.items()],
+            "source_file": str(item_path), "source_row": np.arange(1, len(meta) + 1),
         }))
     return _concat_items(frames_items), pd.concat(frames_inter, ignore_index=True)
 
@@ -179,7 +184,7 @@ REVIEW_FIELDS = ("reviewerID", "asin", "unixReviewTime")
 
 
 def read_reviews(path: Path) -> pd.DataFrame:
-    users, items, times = [], [], []
+    users, items, times, lines = [], [], [], []
     for lineno, obj in tqdm(_read_lines(path), desc=f"reviews {path.name}", unit=" lines",
                             mininterval=2, leave=False):
         missing = [f for f in REVIEW_FIELDS if f not in obj]
@@ -189,9 +194,11 @@ def read_reviews(path: Path) -> pd.DataFrame:
         users.append(str(obj["reviewerID"]))
         items.append(str(obj["asin"]))
         times.append(obj["unixReviewTime"])
+        lines.append(lineno)
     ts = pd.to_numeric(pd.Series(times, dtype=object), errors="coerce")
     return pd.DataFrame({"user_id": users, "item_id": items, "timestamp": ts.astype(float),
-                         "behavior": None, "query": None})
+                         "behavior": None, "query": None, "source_file": str(path),
+                         "source_row": np.asarray(lines, dtype=np.int64)})
 
 
 _ASIN = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"]+)['"]""")
@@ -217,8 +224,8 @@ def read_meta(path: Path, wanted: set[str] | None = None) -> pd.DataFrame:
             paths = [cat] if cat else []
         rows.append({"item_id": str(obj["asin"]), "title": obj.get("title", ""),
                      "description": obj.get("description", ""), "brand": obj.get("brand", ""),
-                     "categories": paths})
-    return pd.DataFrame(rows, columns=["item_id", "title", "description", "brand", "categories"])
+                     "categories": paths, "source_file": str(path), "source_row": lineno})
+    return pd.DataFrame(rows, columns=RAW_ITEM_COLUMNS)
 
 
 def k_core(inter: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -314,6 +321,7 @@ def read_log(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         "timestamp": _parse_timestamps(raw["timestamp"], inter_path),
         "behavior": raw["behavior"].astype(str).str.strip().str.lower(),
         "query": raw["query"].where(raw["query"].notna(), "").astype(str),
+        "source_file": str(inter_path), "source_row": np.arange(1, len(raw) + 1),   # data rows, header not counted
     })
     meta = _read_table(items_path, LOG_ITEM_COLUMNS)
     n = len(meta)
@@ -324,6 +332,7 @@ def read_log(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         "brand": meta["brand"] if "brand" in meta else [""] * n,
         "categories": [_parse_categories(c, i, items_path) for i, c in
                        zip(meta["item_id"], meta["categories"] if "categories" in meta else [None] * n)],
+        "source_file": str(items_path), "source_row": np.arange(1, n + 1),
     })
     _check_unique_items(items, items_path)
     return items, inter
@@ -343,8 +352,7 @@ def _check_unique_items(items: pd.DataFrame, path) -> None:
 
 
 def _concat_items(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    items = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["item_id", "title", "description", "brand", "categories"])
+    items = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RAW_ITEM_COLUMNS)
     items["item_id"] = items["item_id"].astype(str)
     return items
 
@@ -422,14 +430,15 @@ def read_source(path, cfg: DataConfig, qcfg: QueriesConfig) -> Tables:
         events, queries = _log_events(inter)
         summary["query_derivation"] = {"mode": "log", "queries": len(queries)}
     else:
-        events, queries, qsum = derive_events(inter[["user_id", "item_id", "timestamp", "step"]], items, qcfg)
+        events, queries, qsum = derive_events(inter[["user_id", "item_id", "timestamp", "step", *SOURCE_COLUMNS]],
+                                              items, qcfg)
         summary["query_derivation"] = qsum
         if qsum["items_without_query"]:
             logger.warning("%d items have no category path of >= %d levels: their %d interactions are "
                            "rec events only", qsum["items_without_query"], qcfg.min_path_levels,
                            qsum["interactions_rec_only"])
-    tables = Tables(items=items[["item_id", "title", "description", "brand", "categories", "text"]],
-                    interactions=events[["user_id", "item_id", "timestamp", "step", "behavior", "query_id"]]
-                    .reset_index(drop=True),
+    tables = Tables(items=items[["item_id", "title", "description", "brand", "categories", "text", *SOURCE_COLUMNS]],
+                    interactions=events[["user_id", "item_id", "timestamp", "step", "behavior", "query_id",
+                                         *SOURCE_COLUMNS]].reset_index(drop=True),
                     queries=queries.reset_index(drop=True), info=summary)
     return tables

@@ -23,13 +23,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 
 from gensar.config import ValidateConfig
-from gensar.data.contract import BEHAVIORS, SPLITS, DataError, Tables, examples
+from gensar.data.contract import BEHAVIORS, SOURCE_COLUMNS, SPLITS, DataError, Tables, examples
 from gensar.data.split import assign_splits
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ NUMBER_COLUMNS = {"interactions": {"timestamp": ["float64", "int64"], "step": ["
 LIST_COLUMNS = {"items": ["categories"]}
 UNIQUE_COLUMNS = {"items": "item_id", "queries": "query_id"}
 
-QUARANTINE_COLUMNS = ["table", "row", "item_id", "user_id", "step", "behavior", "reason"]
+# `source` and `row` say where the row is in the raw input (see contract.SOURCE_COLUMNS); tables
+# ingested without them (older runs) point at the ingested Parquet file and its row index instead
+QUARANTINE_COLUMNS = ["table", "source", "row", "item_id", "user_id", "step", "behavior", "reason"]
 
 # an exact repeat of an event (a log delivered twice, a batch re-sent): every copy after the first is
 # quarantined with this reason before splitting, and does not count as a bad row (it loses nothing)
@@ -171,7 +174,7 @@ class RowRule:
         if self.check == "between":
             return col.notna() & ((col < self.values[0]) | (col > self.values[1]))
         if self.check == "true":
-            return col != True  # noqa: E712 - a flag column, compared element-wise
+            return col != True  # a flag column, compared element-wise
         raise ValueError(f"unknown row check {self.check!r}")
 
     def expectation(self):
@@ -326,16 +329,26 @@ def row_reasons(tables: Tables, cfg: ValidateConfig) -> tuple[pd.Series, pd.Seri
     return item_reason, query_reason, reason, report
 
 
-def _quarantine_frame(tables: Tables, item_r, query_r, inter_r) -> pd.DataFrame:
+def _where(df: pd.DataFrame, file: str) -> tuple[pd.Series, pd.Series]:
+    """(source file, source row) of each row of an ingested table."""
+    if "source_file" in df and "source_row" in df:
+        return df["source_file"].astype(object), df["source_row"].astype("int64")
+    return pd.Series(file, index=df.index, dtype=object), pd.Series(df.index, index=df.index, dtype="int64")
+
+
+def _quarantine_frame(tables: Tables, item_r, query_r, inter_r, files: dict) -> pd.DataFrame:
     parts = []
     it = tables.items[item_r.notna()]
-    parts.append(pd.DataFrame({"table": "items", "row": it.index, "item_id": it["item_id"], "user_id": None,
-                               "step": pd.NA, "behavior": None, "reason": item_r[item_r.notna()]}))
+    src, row = _where(it, files.get("items", "items"))
+    parts.append(pd.DataFrame({"table": "items", "source": src, "row": row, "item_id": it["item_id"],
+                               "user_id": None, "step": pd.NA, "behavior": None, "reason": item_r[item_r.notna()]}))
     q = tables.queries[query_r.notna()]
-    parts.append(pd.DataFrame({"table": "queries", "row": q.index, "item_id": None, "user_id": None,
-                               "step": pd.NA, "behavior": None, "reason": query_r[query_r.notna()]}))
+    parts.append(pd.DataFrame({"table": "queries", "source": files.get("queries", "queries"), "row": q.index,
+                               "item_id": None, "user_id": None, "step": pd.NA, "behavior": None,
+                               "reason": query_r[query_r.notna()]}))
     ev = tables.interactions[inter_r.notna()]
-    parts.append(pd.DataFrame({"table": "interactions", "row": ev.index, "item_id": ev["item_id"],
+    src, row = _where(ev, files.get("interactions", "interactions"))
+    parts.append(pd.DataFrame({"table": "interactions", "source": src, "row": row, "item_id": ev["item_id"],
                                "user_id": ev["user_id"], "step": ev["step"], "behavior": ev["behavior"],
                                "reason": inter_r[inter_r.notna()]}))
     out = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) \
@@ -343,9 +356,28 @@ def _quarantine_frame(tables: Tables, item_r, query_r, inter_r) -> pd.DataFrame:
     out = out.reindex(columns=QUARANTINE_COLUMNS)
     out["row"] = out["row"].astype("int64")
     out["step"] = pd.array(out["step"], dtype="Int64")
-    for c in ("table", "item_id", "user_id", "behavior", "reason"):
+    for c in ("table", "source", "item_id", "user_id", "behavior", "reason"):
         out[c] = out[c].astype(object)
     return out
+
+
+_FLOAT_ID = re.compile(r"^(-?\d+)\.0+$")
+
+
+def id_form_hint(unknown: pd.Series, known: pd.Series) -> str:
+    """When ids differ only in form (`1.0` in one file, `1` in the other: an integer column saved
+    as float), say so: the user must write ids the same way in both files."""
+    def canon(ids):
+        return {_FLOAT_ID.sub(r"\1", str(i).strip()): str(i) for i in ids}
+    unknown, known = pd.Series(unknown).drop_duplicates(), pd.Series(known).drop_duplicates()
+    cu, ck = canon(unknown), canon(known)
+    matches = [(cu[k], ck[k]) for k in cu if k in ck]
+    if not matches or len(matches) < 0.5 * len(cu):
+        return ""
+    pairs = ", ".join(f"{a!r} vs {b!r}" for a, b in matches[:3])
+    return (f" The item ids differ only in form between the files ({pairs}; {len(matches):,} of "
+            f"{len(cu):,} unknown ids): an integer column written as float? Write the ids the same way in "
+            "the interactions and the items file.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,7 +450,7 @@ def validate_tables(tables: Tables, cfg: ValidateConfig, files: dict[str, str] |
                         "would be left to train on, so the previous canonical tables are kept")
     report = {"ingested": check_ingested(tables, cfg, files)}
     item_r, query_r, inter_r, report["rows"] = row_reasons(tables, cfg)
-    quarantine = _quarantine_frame(tables, item_r, query_r, inter_r)
+    quarantine = _quarantine_frame(tables, item_r, query_r, inter_r, files)
 
     total = len(tables.items) + len(tables.interactions) + len(tables.queries)
     duplicates = int((quarantine["reason"] == DUPLICATE).sum())
@@ -434,19 +466,23 @@ def validate_tables(tables: Tables, cfg: ValidateConfig, files: dict[str, str] |
     if share > cfg.max_bad_row_share:
         bad_rows = quarantine[quarantine["reason"] != DUPLICATE]
         ex = bad_rows.groupby("reason").head(1)
-        sample = "; ".join(f"{r.reason}: {r.table} row {r.row} (user {r.user_id}, item {r.item_id})"
+        sample = "; ".join(f"{r.reason}: {r.source} row {r.row} (user {r.user_id}, item {r.item_id})"
                            for r in ex.head(5).itertuples())
+        ev = bad_rows[bad_rows["table"] == "interactions"]
+        source = ev["source"].mode().iloc[0] if len(ev) else where   # the raw file most bad rows come from
+        unknown = bad_rows.loc[bad_rows["reason"] == "unknown item", "item_id"]
+        hint = id_form_hint(unknown, tables.items["item_id"]) if len(unknown) else ""
         examples_by_reason = {str(k): g.head(5).astype(str).to_dict("records")
                               for k, g in bad_rows.groupby("reason", sort=False)}
         raise DataError(
-            f"{where}: {100 * share:.2f}% of rows are bad ({bad} of "
+            f"{source}: {100 * share:.2f}% of rows are bad ({bad} of "
             f"{total - duplicates}), more than validate.max_bad_row_share = {100 * cfg.max_bad_row_share:.2f}%. Top reasons: "
-            + ", ".join(f"{k} ({v})" for k, v in list(reasons.items())[:5]) + f". Examples: {sample}",
+            + ", ".join(f"{k} ({v})" for k, v in list(reasons.items())[:5]) + f". Examples: {sample}." + hint,
             details={"quarantine": report["quarantine"], "examples": examples_by_reason})
 
-    items = tables.items[item_r.isna()].reset_index(drop=True)
+    items = tables.items[item_r.isna()].drop(columns=SOURCE_COLUMNS, errors="ignore").reset_index(drop=True)
     queries = tables.queries[query_r.isna()].reset_index(drop=True)
-    inter = tables.interactions[inter_r.isna()].copy()
+    inter = tables.interactions[inter_r.isna()].drop(columns=SOURCE_COLUMNS, errors="ignore")
     if inter.empty:
         raise DataError(f"{where}: no interaction is left after quarantine (reasons: {reasons}); the "
                         "previous canonical tables are kept")
