@@ -72,3 +72,20 @@ def test_incremental_assignment_keeps_old_identifiers(tmp_path):
     for it, s, c in zip(old["item_id"], old["sid"], old["cid"]):
         assert list(merged.loc[it, "sid"]) == list(s) and list(merged.loc[it, "cid"]) == list(c)
     assert new["sid"].map(tuple).nunique() == 65 and new["cid"].map(tuple).nunique() == 65
+
+
+def test_a_crash_between_files_leaves_the_previous_identifiers(tmp_path, monkeypatch):
+    canon, emb, col = write_inputs(tmp_path, 40)
+    out = tmp_path / "ids"
+    ids_stage.run(params("gensar"), embeddings=emb, collab=col, canonical=canon, out=out, metrics=tmp_path / "m.json")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    canon2, emb2, col2 = write_inputs(tmp_path / "v2", 50, seed=1)
+
+    def killed(*args, **kwargs):   # the process dies after identifiers.parquet and meta.json were written
+        raise KeyboardInterrupt("killed between files")
+    monkeypatch.setattr(ids_stage, "save_model", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ids_stage.run(params("gensar"), embeddings=emb2, collab=col2, canonical=canon2, out=out,
+                      metrics=tmp_path / "m.json")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before          # all three files: the old version
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []   # no half-written folder

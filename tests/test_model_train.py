@@ -102,6 +102,36 @@ def test_ddp_two_gloo_processes(data):
     assert len(gm.recommend([("rec", "I001", None)], k=3)) == 3
 
 
+def test_save_model_swaps_the_folder_whole_and_keeps_checkpoints(data, tmp_path, monkeypatch):
+    ids = IdentifierMap.load(data["ids"])
+    tok = train_tokenizer(["office desk lamp", "gel pen"] * 3, ids.tokens(), 200)
+    model = build_model(ModelConfig(size="tiny"), len(tok), tok.pad_token_id, tok.eos_token_id)
+    out = tmp_path / "t5"
+    save_model(model, tok, out, {"v": 1}, extra={"history.json": [{"step": 1}]})
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "last.pt").write_bytes(b"resume state")
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    with torch.no_grad():
+        model.get_input_embeddings().weight.add_(1.0)            # a new version of the weights
+    real = type(tok).save_pretrained
+
+    def killed(self, *args, **kwargs):                             # dies after the weights were written
+        raise KeyboardInterrupt("killed between files")
+    monkeypatch.setattr(type(tok), "save_pretrained", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(model, tok, out, {"v": 2}, extra={"history.json": [{"step": 2}]})
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["t5"]        # no temporary folder left behind
+
+    monkeypatch.setattr(type(tok), "save_pretrained", real)
+    save_model(model, tok, out, {"v": 2}, extra={"history.json": [{"step": 2}]})
+    assert json.loads((out / "gensar.json").read_text()) == {"v": 2}
+    assert json.loads((out / "history.json").read_text()) == [{"step": 2}]
+    assert (out / "checkpoints" / "last.pt").read_bytes() == b"resume state"   # carried over
+    assert (out / "model.safetensors").read_bytes() != before["model.safetensors"]   # the new weights
+
+
 def test_warm_start_keeps_old_embedding_rows(data, tmp_path):
     ids = IdentifierMap.load(data["ids"])
     tok = train_tokenizer(["office desk lamp", "gel pen"] * 3, ids.tokens(), 200)

@@ -38,6 +38,24 @@ def atomic_path(target: str | Path):
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
+def carry_over(old: Path, new: Path, names) -> None:
+    """Put `old/<name>` (a file or a folder) into `new/` for each name that exists, by hard links where
+    the filesystem allows (instant, no extra space), else by copies: the outputs of a stage that
+    swaps its folder as a whole keep what is not theirs to rewrite (a trainer's `checkpoints/`)."""
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for name in names:
+        src = Path(old) / name
+        if src.is_dir():
+            shutil.copytree(src, Path(new) / name, copy_function=link)
+        elif src.is_file():
+            link(src, Path(new) / name)
+
+
 def write_parquet(df: pd.DataFrame, target: str | Path) -> None:
     with atomic_path(target) as tmp:
         df.to_parquet(tmp, index=False)

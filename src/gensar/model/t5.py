@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from gensar.config import ModelConfig
+from gensar.io import atomic_path, carry_over
 
 logger = logging.getLogger(__name__)
 
@@ -79,25 +78,32 @@ def resize_vocab(model: T5ForConditionalGeneration, vocab_size: int) -> int:
     return vocab_size - old
 
 
-def save_model(model, tokenizer, out_dir: str | Path, meta: dict) -> None:
-    """Write weights, config, tokenizer and `gensar.json` into `out_dir`.
+KEEP = ("checkpoints",)   # what a new version of a model folder takes over from the old one
 
-    Files are written to a temporary sibling directory first and then moved over the old files one
-    by one, so other contents of `out_dir` (e.g. `checkpoints/`) are kept and a crash never leaves
-    a half-written weight file.
+
+def save_model(model, tokenizer, out_dir: str | Path, meta: dict, extra: dict | None = None) -> None:
+    """Write weights, config, tokenizer and `gensar.json` (+ `extra`: {name: a file or folder to copy,
+    or a JSON-able object}) as a new version of `out_dir`, swapped in as a whole.
+
+    Everything is written into a temporary sibling first (`gensar.io.atomic_path`); only `checkpoints/`
+    is carried over from the old folder. A crash at any point leaves the old version or the new one,
+    never a mix of files from both.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".save.", dir=out_dir))
-    try:
-        model = getattr(model, "module", model)
-        model.save_pretrained(tmp)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        getattr(model, "module", model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        for f in tmp.iterdir():
-            os.replace(f, out_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for name, value in (extra or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(value, Path) and value.is_dir():
+                shutil.copytree(value, tmp / name)
+            elif isinstance(value, Path):
+                shutil.copy2(value, tmp / name)
+            else:
+                (tmp / name).write_text(json.dumps(value, indent=2, default=str) + "\n")
+        carry_over(out_dir, tmp, KEEP)
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu"):

@@ -29,7 +29,7 @@ from gensar.config import IdsConfig, Params, from_dict, load_params, to_dict
 from gensar.device import resolve_device, set_cpu_threads
 from gensar.ids.assign import assign_identifiers, assign_incremental, collision_stats
 from gensar.ids.rqvae import IdentifierModel, level_stats, train_rqvae
-from gensar.io import atomic_path, write_json, write_parquet
+from gensar.io import atomic_path, write_json
 from gensar.logs import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -134,9 +134,11 @@ def run(params: Params, embeddings: str | Path = "models/embeddings", collab: st
             "mode": cfg.mode, "n_items": len(item_ids)}
     table = pd.DataFrame({"item_id": item_ids, "sid": [list(map(int, r)) for r in sid],
                           "cid": [list(map(int, r)) for r in cid]})
-    write_parquet(table, out / "identifiers.parquet")
-    write_json(meta, out / "meta.json")
-    save_model(model, out / "rqvae.pt", x_s.shape[1], x_c.shape[1])
+    with atomic_path(out) as tmp:   # the three files are one version: the folder is swapped as a whole
+        tmp.mkdir(parents=True)
+        table.to_parquet(tmp / "identifiers.parquet", index=False)
+        write_json(meta, tmp / "meta.json")
+        save_model(model, tmp / "rqvae.pt", x_s.shape[1], x_c.shape[1])
     result = {"mode": cfg.mode, "n_items": len(item_ids), "n_assigned": n_new,
               "sid_collision_rate_after": collision_stats(sid)["collision_rate"],
               "cid_collision_rate_after": collision_stats(cid)["collision_rate"],

@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -163,12 +162,10 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
             meta = {"model": to_dict(params.model), "train": to_dict(params.train), "ids": idmap.meta,
                     "data_version": data_version, "vocab_size": len(tok), "best_epoch": summary["best_epoch"],
                     "init": str(init) if init else None}
-            save_model(model, tok, out, meta)
-            with atomic_path(out / "ids") as tmp:
-                tmp.mkdir()
-                for f in ("identifiers.parquet", "meta.json"):
-                    shutil.copy2(ids / f, tmp / f)
-            write_json(hist, out / "history.json")        # per-epoch rows (also in DVCLive)
+            # one new version of the folder: weights, tokenizer, the identifier map it was trained on,
+            # the per-validation rows (also in DVCLive); swapped in whole
+            save_model(model, tok, out, meta, extra={**{f"ids/{f}": ids / f for f in ("identifiers.parquet", "meta.json")},
+                                                     "history.json": hist})
             write_json(result, metrics)
             logger.info("train: best epoch %d, valid ndcg@10 %.4f; model in %s (%.0f s)",
                         result["best_epoch"], result["valid/ndcg@10"], out, result["wall_seconds"])
