@@ -6,10 +6,11 @@
    the flow here, before any training, with the validation report as an artifact; data/, the workspace
    and published/ are untouched.
 2. add-batch: the batch is appended to the snapshot as data/batches/<name>/ and `dvc add data`.
-3. the dvc.yaml stages, each skipped when DVC says it is up to date. Two stages run incrementally:
-   identifiers keeps every existing item's identifiers and assigns codes to new items only
-   (`--previous <copy of models/ids>`), train warm-starts from the current model (`--init <copy of
-   models/t5>`); embed only encodes texts missing from its cache.
+3. `incremental.enabled: true` (and `incremental.train_epochs`) written into params.yaml, then the
+   dvc.yaml stages, each skipped when DVC says it is up to date. Two stages run incrementally:
+   identifiers keeps every existing item's identifiers and assigns codes to new items only, train
+   warm-starts from the current model; embed only encodes texts missing from its cache. The flags
+   are params, not command-line overrides, so dvc.lock and the published tag record what ran.
 4. quality gate against the published model, then publish a new version.
 """
 from __future__ import annotations
@@ -18,8 +19,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 from prefect import flow
@@ -27,31 +26,17 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from flows.retrain import run_stages
+from gensar.config import set_params
 from gensar.data.snapshot import find_batch
 from tasks.data import append_batch, validate_batch
 from tasks.release import publish, quality_gate, report
 from tasks.versioning import dvc_add
-
-# stage -> (flag, workspace folder whose previous content the flag points at)
-INCREMENTAL_FLAGS = {"identifiers": ("--previous", "models/ids"), "train": ("--init", "models/t5")}
 
 
 def _run_name() -> str:
     params = flow_run.parameters or {}
     name = params.get("name") or Path(str(params.get("batch", "batch"))).stem
     return f"incremental-{name}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
-
-
-def previous_outputs(repo: Path, keep: Path) -> dict[str, list[str]]:
-    """Copy the current identifiers and model aside (the stages overwrite them) -> extra stage args."""
-    extra = {}
-    for stage, (flag, folder) in INCREMENTAL_FLAGS.items():
-        src = repo / folder
-        if src.is_dir() and any(src.iterdir()):
-            dst = keep / Path(folder).name
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints"))
-            extra[stage] = [flag, str(dst)]
-    return extra
 
 
 @flow(name="incremental", flow_run_name=_run_name, log_prints=True)
@@ -75,15 +60,12 @@ def incremental(batch: str, repo: str = ".", params: str = "params.yaml", name: 
     validate_batch(repo, batch, name, params)
     append_batch(repo, batch, name)
     dvc_add(repo, "data")
-    keep = Path(tempfile.mkdtemp(prefix="gensar-prev-"))
-    try:
-        extra = previous_outputs(repo_path, keep)
-        if train_epochs > 0 and "train" in extra:
-            extra["train"] += ["--set", f"train.epochs={train_epochs}"]
-        log.info("incremental: warm start from %s", {k: v[1] for k, v in extra.items()} or "nothing (first run)")
-        runs = run_stages(repo, params, extra_args=extra)
-    finally:
-        shutil.rmtree(keep, ignore_errors=True)
+    # the warm start is a setting of params.yaml, recorded in dvc.lock and the published version:
+    # identifiers keep every existing item's codes, train starts from the current model
+    updates = {"incremental.enabled": True, "incremental.train_epochs": max(0, train_epochs)}
+    if set_params(repo_path / params, updates):
+        log.info("incremental: %s set in %s", updates, params)
+    runs = run_stages(repo, params)
     report(repo, runs)
     result = {"stages": runs, "published": None, "batch": name}
     if publish_model:

@@ -21,6 +21,7 @@ from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
+from gensar.config import set_params
 from tasks.data import snapshot
 from tasks.release import publish, quality_gate, report
 from tasks.stages import read_pipeline, task_for
@@ -33,12 +34,11 @@ def _run_name() -> str:
     return f"retrain-{repo}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
 
 
-def run_stages(repo: str, params: str, extra_args: dict[str, list[str]] | None = None,
-               force: bool = False) -> list[dict]:
+def run_stages(repo: str, params: str, force: bool = False) -> list[dict]:
     """Every dvc.yaml stage in order, each as its own task (skipped when up to date)."""
     runs = []
     for stage in read_pipeline(repo):
-        runs.append(task_for(stage)(repo, stage, params, (extra_args or {}).get(stage), force))
+        runs.append(task_for(stage)(repo, stage, params, force))
     return runs
 
 
@@ -50,6 +50,8 @@ def retrain(repo: str = ".", params: str = "params.yaml", refresh_snapshot: bool
     repo = str(Path(repo).resolve())
     log.info("retrain: repository %s, params %s", repo, params)
     snapshot(repo, params, refresh_snapshot)
+    if set_params(Path(repo) / params, {"incremental.enabled": False}):   # a retrain starts from scratch
+        log.info("retrain: incremental.enabled set to false in %s (recorded with the version)", params)
     dvc_add(repo, "data")
     runs = run_stages(repo, params, force=force)
     report(repo, runs)

@@ -102,11 +102,16 @@ def call_stage_main(repo: str | Path, stage: str, argv: list[str]):
             return None
 
 
-def run_stage(repo: str = ".", stage: str = "", params: str = "params.yaml",
-              extra_args: list[str] | None = None, force: bool = False) -> dict:
-    """Run one dvc.yaml stage if DVC says it changed (or `force`), then commit it to dvc.lock."""
+def run_stage(repo: str = ".", stage: str = "", params: str = "params.yaml", force: bool = False) -> dict:
+    """Run one dvc.yaml stage if DVC says it changed (or `force`), then commit it to dvc.lock.
+
+    The stage runs exactly its dvc.yaml command with params.yaml (no extra arguments, no other params
+    file), so what dvc.lock records is what ran."""
     log = _logger()
     repo = str(Path(repo).resolve())
+    if params != "params.yaml":  # dvc.lock records params.yaml's values: a stage must run with those
+        raise ValueError(f"stage '{stage}': DVC reads params.yaml, so a stage can only run with it (got "
+                         f"{params!r}); change params.yaml (or use `dvc exp run --set-param`) instead")
     t0 = time.perf_counter()
     changed = dvc_changed(repo, stage)
     if not changed and not force:
@@ -114,9 +119,6 @@ def run_stage(repo: str = ".", stage: str = "", params: str = "params.yaml",
         return {"stage": stage, "skipped": True, "seconds": round(time.perf_counter() - t0, 2)}
     log.info("stage %s: out of date: %s", stage, _short(changed.get(stage, changed)))
     argv = stage_argv(repo, stage)
-    if params != "params.yaml":
-        argv += ["--params", params]
-    argv += list(extra_args or [])
     log.info("stage %s: running gensar.stages.%s.main(%s)", stage, stage, " ".join(argv))
     summary = call_stage_main(repo, stage, argv)
     if summary is None:  # main() printed instead of returning: report the stage's metrics files

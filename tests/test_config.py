@@ -38,3 +38,26 @@ def test_missing_sections_take_defaults_and_overrides_apply(tmp_path):
 def test_missing_params_file_fails_naming_it(tmp_path):
     with pytest.raises(ConfigError, match=r"absent\.yaml: params file not found"):
         load_params(tmp_path / "absent.yaml")
+
+
+def test_set_params_keeps_comments_and_refuses_wrong_types(tmp_path):
+    from gensar.config import set_params
+
+    f = tmp_path / "params.yaml"
+    f.write_text("train:\n  epochs: 10   # from scratch\nincremental:\n  enabled: false  # set by the flows\n")
+    assert set_params(f, {"incremental.enabled": True, "incremental.train_epochs": 2})
+    text = f.read_text()
+    assert "# from scratch" in text and "# set by the flows" in text
+    p = load_params(f)
+    assert p.incremental.enabled is True and p.incremental.train_epochs == 2 and p.train.epochs == 10
+    assert not set_params(f, {"incremental.enabled": True})              # nothing to change
+    with pytest.raises(ConfigError, match=r"'train.epochs' must be an integer"):
+        set_params(f, {"train.epochs": "ten"})
+    assert load_params(f).train.epochs == 10                               # the file was not replaced
+
+
+def test_a_stage_runs_only_with_the_params_file_dvc_reads(tmp_path):
+    from tasks.stages import run_stage
+
+    with pytest.raises(ValueError, match=r"DVC reads params.yaml, so a stage can only run with it"):
+        run_stage(str(tmp_path), "train", params="other.yaml")

@@ -89,3 +89,20 @@ def test_a_crash_between_files_leaves_the_previous_identifiers(tmp_path, monkeyp
                       metrics=tmp_path / "m.json")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before          # all three files: the old version
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []   # no half-written folder
+
+
+def test_incremental_params_keep_the_identifiers_found_in_out(tmp_path):
+    import dataclasses
+
+    from gensar.config import IncrementalConfig
+
+    canon, emb, col = write_inputs(tmp_path / "v1", 40)
+    out = tmp_path / "ids"
+    ids_stage.run(params("gensar"), embeddings=emb, collab=col, canonical=canon, out=out, metrics=tmp_path / "m.json")
+    old = pd.read_parquet(out / "identifiers.parquet")
+    canon2, emb2, col2 = write_inputs(tmp_path / "v2", 50, seed=1)
+    warm = dataclasses.replace(params("gensar"), incremental=IncrementalConfig(enabled=True))
+    r = ids_stage.run(warm, embeddings=emb2, collab=col2, canonical=canon2, out=out, metrics=tmp_path / "m.json")
+    new = pd.read_parquet(out / "identifiers.parquet").set_index("item_id")
+    assert r["n_assigned"] == 10
+    assert all(list(new.loc[i, "sid"]) == list(s) for i, s in zip(old["item_id"], old["sid"]))

@@ -47,3 +47,21 @@ def test_dvc_pull_in_a_fresh_clone_restores_the_version(versions, tmp_path):
     restore_version(clone, "model-v1", pull=True)            # files come from the DVC remote
     assert snapshot_hashes(clone) == versions["v1"]
     assert git(clone, "describe", "--tags") == "model-v1"
+
+
+def test_every_published_version_is_clean_in_dvc_status_after_a_pull(versions, tmp_path):
+    """What a flow ran is what params.yaml and dvc.yaml say: `git checkout model-v<N> && dvc pull &&
+    dvc status` is clean for the retrain version and for the incremental one (warm start in params)."""
+    import yaml
+
+    from tasks.stages import dvc_repo
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(versions["repo"]), str(clone)], tmp_path)
+    for tag, warm in (("model-v1", False), ("model-v2", True)):
+        restore_version(clone, tag, pull=True)
+        with dvc_repo(clone) as r:
+            assert r.status() == {}, tag
+        assert yaml.safe_load((clone / "params.yaml").read_text())["incremental"]["enabled"] is warm
+    with dvc_repo(versions["repo"]) as r:                     # and right after the flows, in their workspace
+        assert r.status() == {}

@@ -214,6 +214,14 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class IncrementalConfig:
+    """How a run builds on the previous version (set by the incremental flow, recorded in params.yaml
+    and dvc.lock with the version it publishes, so `dvc repro` of its tag runs the same)."""
+    enabled: bool = False     # identifiers keep every existing item's codes; train warm-starts from models/t5
+    train_epochs: int = 0     # epochs of a warm-started training (0: train.epochs)
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataConfig = field(default_factory=DataConfig)
     queries: QueriesConfig = field(default_factory=QueriesConfig)
@@ -227,6 +235,7 @@ class Params:
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    incremental: IncrementalConfig = field(default_factory=IncrementalConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,6 +316,35 @@ def load_params(path: str | Path | None = "params.yaml", overrides: dict | None 
         return from_dict(Params, raw)
     except ConfigError as e:
         raise ConfigError(f"{path or 'defaults'}: {e}") from None
+
+
+def set_params(path: str | Path, updates: dict) -> bool:
+    """Write dotted `updates` ({"incremental.enabled": True}) into a params file, keeping its comments
+    and layout (ruamel.yaml round trip, what `dvc exp run --set-param` does); checked by loading the
+    result. Returns whether the file changed."""
+    from ruamel.yaml import YAML
+
+    path = Path(path)
+    yaml_rt = YAML()
+    doc = yaml_rt.load(path.read_text()) or {}
+    changed = False
+    for dotted, value in updates.items():
+        node = doc
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if node.get(leaf) != value or leaf not in node:
+            node[leaf], changed = value, True
+    if changed:
+        import io
+
+        buf = io.StringIO()
+        yaml_rt.dump(doc, buf)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(buf.getvalue())
+        load_params(tmp)              # a value of the wrong type fails here, before the file is replaced
+        tmp.replace(path)
+    return changed
 
 
 def to_dict(obj) -> dict:

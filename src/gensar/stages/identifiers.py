@@ -10,8 +10,10 @@ Outputs:
     <metrics>                   collisions before/after, per-level usage and perplexity,
                                 reconstruction errors, share of items whose SID and CID differ, time
 
-Incremental mode (`previous` = an existing `models/ids` folder): the RQ-VAE of `previous` encodes
-the items that have no identifier yet; every existing identifier is kept as it is.
+Incremental mode (`previous` = an existing `models/ids` folder, or `incremental.enabled` in
+params.yaml: the identifiers already in `out`): the RQ-VAE of `previous` encodes the items that have
+no identifier yet; every existing identifier is kept as it is. The three files are one version:
+the folder is swapped as a whole.
 """
 from __future__ import annotations
 
@@ -93,6 +95,8 @@ def run(params: Params, embeddings: str | Path = "models/embeddings", collab: st
     x_s = load_aligned(embeddings, "semantic.npy", item_ids)
     x_c = load_aligned(collab, "collab.npy", item_ids)
 
+    if previous is None and params.incremental.enabled and (Path(out) / "identifiers.parquet").exists():
+        previous = out   # incremental: the current identifiers (read before the folder is swapped)
     if previous is None:
         model, _ = train_rqvae(x_s, x_c, cfg)
         ids, stats = build(model, x_s, x_c, cfg)

@@ -11,11 +11,13 @@ metrics, examples/s, seconds) and `ids/` (a copy of the identifier map the model
 so a killed `dvc repro` resumes); a checkpoint from another configuration, data or training code
 (the sources of `gensar.model`) is ignored.
 `--init DIR`: warm start from a previous model (new identifier tokens get new embedding rows; the
-old rows are kept).
+old rows are kept). With `incremental.enabled` in params.yaml the stage warm-starts from the model
+already in `out` for `incremental.train_epochs` epochs (what the incremental flow runs).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -87,6 +89,12 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
     """Train GenSAR's T5 on the canonical tables and identifier map; returns the summary written to
     `metrics` (rank 0). Under torchrun every rank calls this."""
     t_start = time.time()
+    out = Path(out)
+    if init is None and params.incremental.enabled and (out / "gensar.json").exists():
+        init = out   # incremental: warm start from the current model (loaded before the folder is swapped)
+        if params.incremental.train_epochs > 0:
+            params = dataclasses.replace(params, train=dataclasses.replace(
+                params.train, epochs=params.incremental.train_epochs))
     cfg = params.train
     d = setup_distributed(cfg.device)
     device = pick_device(cfg.device, d.local_rank)
