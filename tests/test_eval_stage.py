@@ -2,15 +2,12 @@
 import json
 
 import numpy as np
-import pandas as pd
-import pytest
 import torch
 
 from gensar.config import load_params
 from gensar.eval.baselines import DenseRanker, SASRecRanker, sentence_encoder
 from gensar.io import write_parquet
 from gensar.stages.evaluate import run
-
 from tests.test_eval_candidates import tables  # noqa: F401  (fixture)
 
 
@@ -79,7 +76,7 @@ def test_stage_writes_comparable_metrics_and_reuses_candidates(tables, tmp_path)
 def test_stage_scores_a_saved_gensar_model_within_its_candidates(tmp_path):
     """A (tiny, untrained) saved GenSAR T5 goes through the same stage: rankings are valid items,
     sampled rankings stay inside each case's candidate list, metrics exist for both tasks."""
-    from gensar.config import ModelConfig, TrainConfig
+    from gensar.config import ModelConfig
     from gensar.eval.baselines import GenSARRanker
     from gensar.eval.evaluate import load_eval_data
     from gensar.model.generate import GenSARModel
@@ -104,6 +101,8 @@ def test_stage_scores_a_saved_gensar_model_within_its_candidates(tmp_path):
     assert {"rec/sampled/hr@10", "rec/full/recall@10", "search/sampled/ndcg@10",
             "search/full/ndcg@5"} <= set(metrics["gensar"])
     assert metrics["gensar"]["rec/sampled/hr@10"] == 1.0        # 10 candidates: the target is always in the top 10
+    se = metrics["gensar"]["se"]                                  # the gate's noise bound: per-case std / sqrt(n)
+    assert se["rec/sampled/hr@10"] == 0.0 and 0.0 < se["rec/full/ndcg@10"] < 0.5 and "se" not in metrics["popularity"]
 
     data = load_eval_data(str(paths["canonical"]), str(tmp_path / "cands"), split="test")
     ranker = GenSARRanker(GenSARModel.load(tmp_path / "t5", paths["ids"], beams=10))

@@ -76,6 +76,7 @@ def test_failed_gate_ends_failed_and_keeps_the_published_model(trained):
     before = snapshot_hashes(repo)["published"]
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["gate"]["tolerance"] = -1.0            # demand +1.0 NDCG: no candidate can pass
+    params["gate"]["z"] = 0.0                     # (no allowance for test-sample noise either)
     params["evaluate"]["seed"] = 1                # so the candidate is re-evaluated
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:

@@ -55,3 +55,16 @@ def test_embed_stage_reuses_cache(tmp_path, encoder):
     assert s["encoded"] == 0 and s["n_items"] == 3
     assert np.load(out / "semantic.npy").shape == (3, 384)
     assert json.loads((out / "item_ids.json").read_text()) == ["i0", "i1", "i2"]
+
+
+def test_a_vector_depends_only_on_its_text(encoder):
+    """Batch-mates do not change a vector's bits: the same texts encoded with others, in another
+    order, or alone give identical vectors (a fresh clone and a warm cache agree)."""
+    from gensar.ids.embed import encode_texts
+
+    texts = ["red lipstick matte", "blue stapler", "gel pen black ink", "vitamin c serum", "argan oil",
+             "a long description of a desk lamp with a flexible arm and warm light", "paper clips", "ink"]
+    all_at_once = encode_texts(encoder, texts, batch_size=4)
+    again = encode_texts(encoder, texts[::-1] + ["another text that pads a batch differently"], 4)[:len(texts)][::-1]
+    alone = np.stack([encode_texts(encoder, [t], 4)[0] for t in texts])
+    assert np.array_equal(all_at_once, again) and np.array_equal(all_at_once, alone)

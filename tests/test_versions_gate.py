@@ -30,7 +30,7 @@ def test_drop_within_tolerance_passes_and_beyond_fails():
     text = bad.summary()
     assert "FAILED" in text and "rec/ndcg@10 0.2800 < published 0.3000" in text and "v3 stays" in text
     md = bad.markdown()
-    assert "| rec/ndcg@10 | 0.3000 | 0.2800 | -0.0200 | NO |" in md
+    assert "| rec/ndcg@10 | 0.3000 | 0.2800 | -0.0200 | 0.0100 | NO |" in md
 
 
 def test_metric_is_found_under_a_protocol_prefix_and_missing_metric_is_an_error():
@@ -75,3 +75,18 @@ def test_gate_reads_the_gated_models_entry_of_eval_json():
     assert model_metrics(eval_json, cfg) == {"rec/sampled/ndcg@10": 0.3}
     with pytest.raises(KeyError, match="no entry 'gensar'"):
         model_metrics({"popularity": {}}, cfg)
+
+
+def test_a_drop_within_the_noise_of_the_test_sample_passes():
+    """With standard errors in both eval.json entries, the allowed drop is z * SE of the difference:
+    the .456 -> .423 move of an identical retrain (SE about .015 each on 584 cases) passes; a drop of
+    three such SEs fails; without SEs the tolerance alone decides."""
+    cfg = GateConfig(metrics=("rec/sampled/ndcg@10",), tolerance=0.01, z=2.0)
+    published = {"rec/sampled/ndcg@10": 0.456, "se/rec/sampled/ndcg@10": 0.015}
+    noisy = gate({"rec/sampled/ndcg@10": 0.423, "se/rec/sampled/ndcg@10": 0.015}, published, cfg, 1)
+    assert noisy.passed and noisy.rows[0].allowed == pytest.approx(2.0 * (2 * 0.015 ** 2) ** 0.5)
+    real = gate({"rec/sampled/ndcg@10": 0.390, "se/rec/sampled/ndcg@10": 0.015}, published, cfg, 1)
+    assert not real.passed and "allowed 0.0424" in real.summary()
+    bare = gate({"rec/sampled/ndcg@10": 0.423}, {"rec/sampled/ndcg@10": 0.456}, cfg, 1)
+    assert not bare.passed and bare.rows[0].allowed == 0.01
+    assert "allowed drop" in noisy.markdown()

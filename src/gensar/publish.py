@@ -8,7 +8,10 @@ in `published/`:
     published/version.json   the version record: {"version": N, "created": ..., "metrics": {...}, ...}
 
 `gate(candidate, published, cfg)` compares the metrics named in `params.yaml: gate.metrics`: the candidate
-passes when, for every metric, `candidate >= published - tolerance`. The orchestration (tasks/, flows/)
+passes when, for every metric, `candidate >= published - allowed`, where
+`allowed = max(tolerance, z * sqrt(se_candidate^2 + se_published^2))` and `se` is the standard error of
+the metric over the test cases (`se/<metric>` in eval.json): a drop that the sample of test cases
+alone explains is not a regression (retrains of identical data and params differ by that much). The orchestration (tasks/, flows/)
 turns a failed gate into a failed flow run and a report; DVC and git bookkeeping lives in
 `tasks/versioning.py`.
 """
@@ -75,7 +78,8 @@ def lookup(metrics: dict[str, float], name: str) -> float | None:
     (e.g. `test/rec/ndcg@10` or `candidates100/rec/ndcg@10`) when exactly one such key exists."""
     if name in metrics:
         return metrics[name]
-    hits = [k for k in metrics if k.endswith("/" + name)]
+    hits = [k for k in metrics if k.endswith("/" + name)
+            and (name.startswith("se/") or not k.startswith("se/"))]    # a metric, not its standard error
     if len(hits) == 1:
         return metrics[hits[0]]
     if len(hits) > 1:
@@ -94,6 +98,7 @@ class GateRow:
     published: float | None     # None: nothing published yet
     delta: float | None         # candidate - published
     ok: bool
+    allowed: float | None = None  # the drop allowed: max(tolerance, z * standard error of the difference)
 
 
 @dataclass
@@ -114,7 +119,7 @@ class GateResult:
         if self.passed:
             return (f"quality gate passed against published v{self.published_version} "
                     f"(tolerance {self.tolerance:g})")
-        worse = "; ".join(f"{r.metric} {r.candidate:.4f} < published {r.published:.4f} - tolerance {self.tolerance:g}"
+        worse = "; ".join(f"{r.metric} {r.candidate:.4f} < published {r.published:.4f} - allowed {r.allowed:.4f}"
                           for r in self.failures)
         return (f"quality gate FAILED against published v{self.published_version}: {worse}. "
                 f"The published model v{self.published_version} stays.")
@@ -122,12 +127,15 @@ class GateResult:
     def markdown(self) -> str:
         """The report the flow attaches as a Prefect markdown artifact."""
         lines = [f"# Quality gate: {'PASSED' if self.passed else 'FAILED'}", "", self.summary(), "",
-                 "| metric | published | candidate | delta | ok |", "| --- | --- | --- | --- | --- |"]
+                 "| metric | published | candidate | delta | allowed drop | ok |",
+                 "| --- | --- | --- | --- | --- | --- |"]
         for r in self.rows:
             pub = "-" if r.published is None else f"{r.published:.4f}"
             delta = "-" if r.delta is None else f"{r.delta:+.4f}"
-            lines.append(f"| {r.metric} | {pub} | {r.candidate:.4f} | {delta} | {'yes' if r.ok else 'NO'} |")
-        lines += ["", f"Rule: publish when every metric >= published - {self.tolerance:g}."]
+            allowed = "-" if r.allowed is None else f"{r.allowed:.4f}"
+            lines.append(f"| {r.metric} | {pub} | {r.candidate:.4f} | {delta} | {allowed} | {'yes' if r.ok else 'NO'} |")
+        lines += ["", f"Rule: publish when every metric >= published - max(tolerance {self.tolerance:g}, "
+                      "z x standard error of the difference)."]
         return "\n".join(lines) + "\n"
 
 
@@ -147,7 +155,10 @@ def gate(candidate: dict[str, float], published: dict[str, float] | None, cfg: G
             rows.append(GateRow(name, cand, None, None, True))
             continue
         delta = cand - pub
-        rows.append(GateRow(name, cand, pub, delta, cand >= pub - cfg.tolerance))
+        se_c, se_p = lookup(candidate, "se/" + name), lookup(published, "se/" + name)
+        noise = cfg.z * math.hypot(se_c, se_p) if se_c is not None and se_p is not None else 0.0
+        allowed = max(cfg.tolerance, noise)
+        rows.append(GateRow(name, cand, pub, delta, cand >= pub - allowed, allowed))
     if published is None:
         published_version = None
     return GateResult(all(r.ok for r in rows), cfg.tolerance, published_version, rows)

@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from gensar.eval.candidates import history_items, read_candidates
-from gensar.eval.metrics import MAX_K, metrics_from_ranks, target_ranks, topk_from_scores
+from gensar.eval.metrics import MAX_K, metrics_from_ranks, standard_errors, target_ranks, topk_from_scores
 
 logger = logging.getLogger(__name__)
 
@@ -143,10 +143,10 @@ def evaluate_model(model, data: EvalData, protocols: Sequence[str] = PROTOCOLS,
                    batch_size: int = 256, k: int = MAX_K) -> dict:
     """Metrics of one model on every task it supports and every protocol, plus timings.
 
-    Returns {"metrics": {"rec/full/recall@10": ..., ...}, "n_cases": {"rec": n, ...},
-             "eval_seconds": {"rec/full": s, ...}}.
+    Returns {"metrics": {"rec/full/recall@10": ..., ...}, "se": {same keys: standard errors},
+             "n_cases": {"rec": n, ...}, "eval_seconds": {"rec/full": s, ...}}.
     """
-    metrics, n_cases, seconds = {}, {}, {}
+    metrics, se, n_cases, seconds = {}, {}, {}, {}
     for task in TASKS:
         if not supports(model, task):
             continue
@@ -170,8 +170,9 @@ def evaluate_model(model, data: EvalData, protocols: Sequence[str] = PROTOCOLS,
                 ranked += [list(r) for r in out]
             ranks = target_ranks(ranked, cases["item_id"].tolist())
             metrics.update(metrics_from_ranks(ranks, protocol, task))
+            se.update(standard_errors(ranks, protocol, task))
             seconds[f"{task}/{protocol}"] = round(time.perf_counter() - t0, 2)
             logger.info("%s %s/%s: %s (%d cases, %.1fs)", model.name, task, protocol,
                         {m.split("/")[-1]: round(v, 4) for m, v in metrics.items()
                          if m.startswith(f"{task}/{protocol}/")}, len(cases), seconds[f"{task}/{protocol}"])
-    return {"metrics": metrics, "n_cases": n_cases, "eval_seconds": seconds}
+    return {"metrics": metrics, "se": se, "n_cases": n_cases, "eval_seconds": seconds}

@@ -76,6 +76,17 @@ def metrics_from_ranks(ranks: np.ndarray, protocol: str, task: str) -> dict[str,
     return out
 
 
+def standard_errors(ranks: np.ndarray, protocol: str, task: str) -> dict[str, float]:
+    """Standard error of each mean in `metrics_from_ranks` (std of the per-case values / sqrt(n)):
+    how far a metric moves with the sample of test cases alone. The quality gate uses it."""
+    ranks = np.asarray(ranks)
+    out = {}
+    for name, k in PROTOCOL_METRICS[protocol]:
+        per_case = ndcg_at(ranks, k) if name == "ndcg" else hit_at(ranks, k)
+        out[f"{task}/{protocol}/{name}@{k}"] = float(per_case.std(ddof=1) / np.sqrt(len(ranks))) if len(ranks) > 1 else 0.0
+    return out
+
+
 def topk_from_scores(scores: np.ndarray, k: int) -> np.ndarray:
     """Column indices of the k highest scores per row, best first; ties go to the lower column.
 

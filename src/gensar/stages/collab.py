@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from gensar.config import Params, load_params, to_dict
-from gensar.device import resolve_device, set_cpu_threads
+from gensar.device import resolve_device, setup_torch
 from gensar.ids.sasrec import (
     eval_cases,
     evaluate_full_ranking,
@@ -36,7 +36,7 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", out: str |
         metrics: str | Path = "metrics/sasrec.json") -> dict:
     cfg = params.collab
     canonical, out = Path(canonical), Path(out)
-    set_cpu_threads(resolve_device(cfg.device), cfg.cpu_threads)
+    setup_torch(resolve_device(cfg.device), cfg.cpu_threads)
     t0 = time.perf_counter()
     items = pd.read_parquet(canonical / "items.parquet", columns=["item_id"])
     inter = pd.read_parquet(canonical / "interactions.parquet",

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from gensar.config import Params, load_params
-from gensar.device import resolve_device, set_cpu_threads
+from gensar.device import resolve_device, setup_torch
 from gensar.ids.embed import embed_items
 from gensar.io import atomic_path, write_json
 from gensar.logs import setup_logging
@@ -31,7 +31,7 @@ def run(params: Params, canonical: str | Path = "prepared/canonical",
     if not items_path.exists():
         raise FileNotFoundError(f"embed: {items_path} not found (run the validate stage first)")
     items = pd.read_parquet(items_path, columns=["item_id", "text"])
-    set_cpu_threads(resolve_device(params.embed.device), params.embed.cpu_threads)
+    setup_torch(resolve_device(params.embed.device), params.embed.cpu_threads)
     t0 = time.perf_counter()
     item_ids, vecs = embed_items(items, params.embed, cache_dir=out / "cache")
     seconds = time.perf_counter() - t0

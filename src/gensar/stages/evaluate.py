@@ -76,6 +76,8 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", model: str
     for ranker in rankers:
         res = evaluate_model(ranker, data, batch_size=cfg.batch_size)
         metrics[ranker.name] = res["metrics"]
+        if ranker is rankers[0] and gensar is not None:   # the gated model: how much the test sample alone moves it
+            metrics[ranker.name]["se"] = res["se"]
         details[ranker.name] = {"n_cases": res["n_cases"], "eval_seconds": res["eval_seconds"]}
         if getattr(ranker, "fit", None):       # a hybrid's knob and its validation grid
             details[ranker.name]["fit"] = ranker.fit

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from gensar.config import IdsConfig, Params, from_dict, load_params, to_dict
-from gensar.device import resolve_device, set_cpu_threads
+from gensar.device import resolve_device, setup_torch
 from gensar.ids.assign import assign_identifiers, assign_incremental, collision_stats
 from gensar.ids.rqvae import IdentifierModel, level_stats, train_rqvae
 from gensar.io import atomic_path, write_json
@@ -89,7 +89,7 @@ def run(params: Params, embeddings: str | Path = "models/embeddings", collab: st
         metrics: str | Path = "metrics/ids.json", previous: str | Path | None = None) -> dict:
     cfg = params.ids
     embeddings, collab, canonical, out = Path(embeddings), Path(collab), Path(canonical), Path(out)
-    set_cpu_threads(resolve_device(cfg.device), cfg.cpu_threads)
+    setup_torch(resolve_device(cfg.device), cfg.cpu_threads)
     t0 = time.perf_counter()
     item_ids = pd.read_parquet(canonical / "items.parquet", columns=["item_id"])["item_id"].astype(str).tolist()
     x_s = load_aligned(embeddings, "semantic.npy", item_ids)

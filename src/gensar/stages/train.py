@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from gensar.config import Params, load_params, to_dict
-from gensar.device import set_cpu_threads
+from gensar.device import setup_torch
 from gensar.io import atomic_path, write_json
 from gensar.logs import FORMAT, setup_logging
 from gensar.model.examples import ExampleBuilder, eval_requests, sample_users, user_events
@@ -98,7 +98,7 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
     cfg = params.train
     d = setup_distributed(cfg.device)
     device = pick_device(cfg.device, d.local_rank)
-    set_cpu_threads(device, cfg.cpu_threads)
+    setup_torch(device, cfg.cpu_threads)
     canonical, ids, out = Path(canonical), Path(ids), Path(out)
     ckpt = Path(checkpoints) if checkpoints else out / "checkpoints"
     try:
