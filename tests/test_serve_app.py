@@ -96,6 +96,20 @@ def test_bad_requests_get_clear_4xx(client, path, body, status, message):
     assert message in r.json()["detail"]
 
 
+def test_suggest_endpoint_and_cli_answer_what_the_runtime_answers(client, export, capsys):
+    from gensar.cli import main
+
+    items = export["ids"].item_ids
+    body = {"user_id": "u9", "history": [items[0], {"item_id": items[1], "behavior": "search", "query": "desk lamp"}]}
+    r = client.post("/suggest", json=body)
+    assert r.status_code == 200, r.text
+    want = client.app.state.runtime.suggest([("rec", items[0], None), ("search", items[1], "desk lamp")])
+    assert r.json()["query"] == want and r.json()["user_id"] == "u9"
+    assert client.post("/suggest", json={"history": ["ghost-1"]}).status_code == 422
+    assert main(["suggest", "--model", str(export["out"]), "--history", items[0], f"{items[1]}=desk lamp"]) == 0
+    assert capsys.readouterr().out.strip() == want
+
+
 def test_body_size_and_content_type_limits(client):
     big = '{"query": "pen", "history": [], "pad": "' + "x" * 300_000 + '"}'
     r = client.post("/search", content=big, headers={"content-type": "application/json"})

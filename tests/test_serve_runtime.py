@@ -227,3 +227,28 @@ def test_candidates_rank_only_their_items_as_pytorch_does(served):
     assert same == len(want)
     with pytest.raises(UnknownItemsError):
         rt.recommend_batch(histories[:1], 5, candidates=[["nope"]])
+
+
+def test_suggestions_equal_pytorch_next_query(served):
+    """Parity of the next-query task: the runtime's greedy tokens == HF generate (1 beam), token by token."""
+    from gensar.model import prompts
+
+    rt, ref = served["runtime"], served["reference"]
+    histories, _ = _requests(served, 20, seed=3)
+    sources = [prompts.query_input(h, ref.ids, **ref._kw()) for h in histories]
+    got = rt.greedy_tokens(sources, max_new_tokens=12)
+    enc = ref.tokenizer(sources, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want = ref.model.generate(**enc, num_beams=1, do_sample=False, max_new_tokens=12)[:, 1:].numpy()
+
+    def until_eos(row, eos=rt.eos_id):
+        row = list(row)
+        return row[: row.index(eos) + 1] if eos in row else row
+    same = sum(until_eos(g) == until_eos(w) for g, w in zip(got, want))
+    assert same / len(sources) >= 0.95 and max(len(until_eos(g)) for g in got) > 1, (same, got[:2], want[:2])
+    text = rt.suggest_batch(histories, max_new_tokens=12)
+    assert text == [rt.tokenizer.decode(g, skip_special_tokens=True).strip() for g in got]
+    assert rt.suggest(histories[0]) == rt.suggest_batch(histories[:1])[0]
+    assert rt.suggest_batch([]) == []
+    with pytest.raises(UnknownItemsError):
+        rt.suggest([("rec", "no-such-item", None)])

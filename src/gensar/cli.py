@@ -57,6 +57,18 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_suggest(args) -> int:
+    from gensar.serve.runtime import UnknownItemsError
+
+    rt = _runtime(args)
+    try:
+        print(rt.suggest(parse_history(args.history)))
+    except UnknownItemsError as e:
+        print(f"gensar suggest: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_search(args) -> int:
     from gensar.serve.runtime import UnknownItemsError
 
@@ -135,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", nargs="*", default=[], metavar="ITEM[=QUERY]")
     p.add_argument("--k", type=int, default=10)
     p.set_defaults(func=cmd_search)
+
+    p = with_model(sub.add_parser("suggest", help="the query a user is expected to type next"))
+    p.add_argument("--history", nargs="*", default=[], metavar="ITEM[=QUERY]")
+    p.set_defaults(func=cmd_suggest, k=1)
 
     p = with_model(sub.add_parser("serve", help="run the HTTP service"))
     p.add_argument("--host", default=None, help="default: serve.host")

@@ -2,6 +2,7 @@
 
     POST /recommend  {"history": [...], "k": 10, "user_id": "u1"}              -> top-k items
     POST /search     {"query": "desk lamp", "history": [...], "k": 10}          -> top-k items
+    POST /suggest    {"history": [...]}                                         -> the query expected next
     GET  /health     liveness + what is loaded (providers, item count)
     GET  /version    data / identifier / model versions of the served export (from its meta.json)
 
@@ -80,6 +81,13 @@ class Item(BaseModel):
     score: float
 
 
+class SuggestResponse(BaseModel):
+    query: str                      # the next-query task's greedy output ("" if the model has none)
+    user_id: str | None = None
+    model_version: str
+    latency_ms: float
+
+
 class Response(BaseModel):
     items: list[Item]
     user_id: str | None = None
@@ -136,7 +144,7 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except TimeoutError:
                     break
-            for kind in ("rec", "search"):
+            for kind in ("rec", "search", "suggest"):
                 group = [r for r in batch if r[0] == kind]
                 if group:
                     await self._run(loop, kind, group)
@@ -145,6 +153,8 @@ class MicroBatcher:
         histories, ks = [r[2] for r in group], [r[3] for r in group]
         if kind == "rec":
             return self.runtime.recommend_batch(histories, ks)
+        if kind == "suggest":
+            return self.runtime.suggest_batch(histories)
         return self.runtime.search_batch([r[1] for r in group], histories, ks)
 
     async def _run(self, loop, kind: str, group: list) -> None:
@@ -292,6 +302,17 @@ def create_app(export_dir: str | Path = "models/onnx", cfg: ServeConfig | None =
         if not req.query.strip():
             raise HTTPException(422, "query must not be empty")
         return await answer("search", req, req.query)
+
+    @app.post("/suggest", response_model=SuggestResponse)
+    async def suggest(req: RecommendRequest) -> SuggestResponse:
+        t0 = time.perf_counter()
+        events = check(req)
+        try:
+            text = await batcher.submit("suggest", None, events, req.k)
+        except RequestFailed as e:
+            raise HTTPException(500, str(e)) from None
+        return SuggestResponse(query=text, user_id=req.user_id, model_version=model_version,
+                               latency_ms=round(1e3 * (time.perf_counter() - t0), 3))
 
     @app.get("/health")
     async def health() -> dict:

@@ -461,6 +461,40 @@ class Runtime:
         sources = [prompts.search_input(q, h, self.ids, **self.prompt_kw) for q, h in zip(queries, histories)]
         return self.generate_items(sources, "sid", ks, beams, candidates)
 
+    def suggest_batch(self, histories: Sequence[Sequence], max_new_tokens: int = 24) -> list[str]:
+        """The query each user is expected to type next (the model's next-query task), as text."""
+        from gensar.model import prompts
+
+        if not histories:
+            return []
+        for h in histories:
+            self.check_history(h)
+        sources = [prompts.query_input(h, self.ids, **self.prompt_kw) for h in histories]
+        rows = self.greedy_tokens(sources, max_new_tokens)
+        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+
+    def greedy_tokens(self, sources: Sequence[str], max_new_tokens: int = 24) -> np.ndarray:
+        """[B, <= max_new_tokens] token ids, EOS-padded: greedy decoding over the whole vocabulary, like
+        HF `generate(num_beams=1)` (parity-tested); one decoder step per token for every request."""
+        ids, mask = self.encode_sources(sources)
+        cross, past = self.model.encode(ids, mask), self.model.empty_cache(len(sources))
+        vocab = np.arange(self.model.lm_head.shape[0], dtype=np.int64)
+        tokens = np.full(len(sources), self.start_id, dtype=np.int64)
+        out = np.full((len(sources), max_new_tokens), self.eos_id, dtype=np.int64)
+        done = np.zeros(len(sources), dtype=bool)
+        for t in range(max_new_tokens):
+            logp, past = self.model.step(tokens, mask, cross, past, token_ids=vocab)   # [B, V]
+            tokens = np.where(done, self.eos_id, logp.argmax(1)).astype(np.int64)
+            out[:, t] = tokens
+            done |= tokens == self.eos_id
+            if done.all():
+                return out[:, : t + 1]
+        return out
+
+    def suggest(self, history: Sequence) -> str:
+        """The query the user with `history` is expected to type next (empty history: the most likely query)."""
+        return self.suggest_batch([history])[0]
+
     def recommend(self, history: Sequence, k: int = 10) -> list[Hit]:
         """Top-k items to recommend after `history` (events; empty = cold start), best first."""
         return self.recommend_batch([history], [k])[0]
