@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import time
 
 import pandas as pd
@@ -45,7 +46,7 @@ def fit_baselines(canonical: str) -> tuple[str, dict[str, str]]:
     follow = collections.defaultdict(collections.Counter)
     for _, g in seq.groupby("user_id", sort=False):
         qs = g["q"].tolist()
-        for a, b in zip(qs, qs[1:]):
+        for a, b in itertools.pairwise(qs):
             follow[a][b] += 1
     return top, {a: c.most_common(1)[0][0] for a, c in follow.items()}
 
