@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from gensar.config import DataConfig, QueriesConfig
 from gensar.data.clean import clean_items, clean_text
 from gensar.data.contract import SOURCE_COLUMNS, DataError, Tables, examples
 from gensar.data.queries import derive_events, query_id
+from gensar.logs import progress
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ REVIEW_FIELDS = ("reviewerID", "asin", "unixReviewTime")
 
 def read_reviews(path: Path) -> pd.DataFrame:
     users, items, times, lines = [], [], [], []
-    for lineno, obj in tqdm(_read_lines(path), desc=f"reviews {path.name}", unit=" lines",
+    for lineno, obj in progress(_read_lines(path), desc=f"reviews {path.name}", unit=" lines",
                             mininterval=2, leave=False):
         missing = [f for f in REVIEW_FIELDS if f not in obj]
         if missing:
@@ -211,7 +211,7 @@ def read_meta(path: Path, wanted: set[str] | None = None) -> pd.DataFrame:
         return wanted is None or m is None or m.group(1) in wanted
 
     rows = []
-    for lineno, obj in tqdm(_read_lines(path, keep), desc=f"meta {path.name}", unit=" items",
+    for lineno, obj in progress(_read_lines(path, keep), desc=f"meta {path.name}", unit=" items",
                             mininterval=2, leave=False):
         if "asin" not in obj:
             raise DataError(f"{path}: line {lineno} lacks field 'asin'; fields present: {sorted(obj)[:8]}")

@@ -24,10 +24,10 @@ import logging
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from gensar.eval.bm25 import BM25
 from gensar.io import write_parquet
+from gensar.logs import progress
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def rec_candidates(cases: pd.DataFrame, interactions: pd.DataFrame, item_ids: li
     seen = interactions.groupby("user_id")["item_id"].agg(lambda s: {index[x] for x in s}).to_dict()
     n_items = len(item_ids)
     out = []
-    for user, target in tqdm(zip(cases["user_id"], cases["item_id"]), total=len(cases),
+    for user, target in progress(zip(cases["user_id"], cases["item_id"]), total=len(cases),
                              desc="rec candidates", disable=len(cases) < 5000):
         banned = seen[user] | {index[target]}
         if n_items - len(banned) < n - 1:

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from gensar.eval.candidates import history_items, read_candidates
 from gensar.eval.metrics import MAX_K, metrics_from_ranks, standard_errors, target_ranks, topk_from_scores
+from gensar.logs import progress
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def evaluate_model(model, data: EvalData, protocols: Sequence[str] = PROTOCOLS,
         for protocol in protocols:
             t0 = time.perf_counter()
             ranked: list[list[str]] = []
-            for start in tqdm(range(0, len(cases), batch_size), desc=f"{model.name} {task}/{protocol}",
+            for start in progress(range(0, len(cases), batch_size), desc=f"{model.name} {task}/{protocol}",
                               leave=False, disable=len(cases) <= batch_size):
                 sl = slice(start, start + batch_size)
                 hist = cases["history"].iloc[sl].tolist()

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from gensar.config import EmbedConfig
 from gensar.device import resolve_device
 from gensar.io import atomic_path
+from gensar.logs import progress
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def encode_texts(encoder, texts: list[str], batch_size: int) -> np.ndarray:
         groups.setdefault(n, []).append(i)
     batches = [idx[s:s + batch_size] for _, idx in sorted(groups.items()) for s in range(0, len(idx), batch_size)]
     out = None
-    for rows in tqdm(batches, desc="embed", unit="batch", disable=len(batches) < 2, mininterval=2):
+    for rows in progress(batches, desc="embed", unit="batch", disable=len(batches) < 2, mininterval=2):
         batch = [texts[i] for i in rows] + [texts[rows[0]]] * (batch_size - len(rows))
         vecs = np.asarray(encoder.encode(batch, batch_size=batch_size, convert_to_numpy=True), dtype=np.float32)
         if out is None:

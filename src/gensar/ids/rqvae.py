@@ -34,10 +34,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from gensar.config import IdsConfig
 from gensar.device import resolve_device
+from gensar.logs import progress
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ def train_rqvae(x_s: np.ndarray, x_c: np.ndarray, cfg: IdsConfig, log_every: int
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
     n, history = len(xs), []
-    for epoch in tqdm(range(1, cfg.epochs + 1), desc="rq-vae", disable=cfg.epochs < 10):
+    for epoch in progress(range(1, cfg.epochs + 1), desc="rq-vae", disable=cfg.epochs < 10):
         model.train()
         for idx in torch.randperm(n, generator=g).split(cfg.batch_size):
             idx = idx.to(device)

@@ -31,11 +31,11 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from gensar.config import CollabConfig
 from gensar.device import resolve_device
 from gensar.eval.metrics import hit_at, ndcg_at
+from gensar.logs import progress
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def train_sasrec(seqs: list[np.ndarray], n_items: int, cfg: CollabConfig,
         model.train()
         order = rng.permutation(len(seqs))
         total, t0 = 0.0, time.perf_counter()
-        for i in tqdm(range(0, len(order), cfg.batch_size), desc=f"sasrec epoch {epoch}", leave=False,
+        for i in progress(range(0, len(order), cfg.batch_size), desc=f"sasrec epoch {epoch}", leave=False,
                       disable=len(order) <= cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
             x, y = inputs[idx], labels[idx]

@@ -38,11 +38,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from gensar.config import TrainConfig
 from gensar.device import resolve_device
 from gensar.eval.metrics import hit_at, ndcg_at, target_ranks
+from gensar.logs import progress
 from gensar.model.examples import Example, ExampleBuilder, Request
 from gensar.model.levels import LevelVocab, Seq2SeqLoss
 
@@ -219,7 +219,7 @@ def validate(gm, requests: list[Request], k: int = 10, beams: int = 20, batch: i
         space = "cid" if behavior == "rec" else "sid"
         sources = gm.sources(behavior, [r.history for r in reqs], [r.query for r in reqs])
         ranked = []
-        for i in tqdm(range(0, len(reqs), batch), desc=f"valid {behavior}", disable=not show, leave=False):
+        for i in progress(range(0, len(reqs), batch), desc=f"valid {behavior}", disable=not show, leave=False):
             hits = gm.generate_items(sources[i:i + batch], space, beams, beams=beams)   # every final beam
             ranked += [[item for item, _ in items] for items in hits]
         targets = [r.target for r in reqs]
@@ -390,7 +390,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         st["train_seconds"] += time.perf_counter() - t0
         net.train()
         validated_at = -1
-        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not d.main, mininterval=2.0)
+        bar = progress(loader, desc=f"epoch {epoch}", disable=not d.main, mininterval=2.0)
         for i, batch in enumerate(bar):
             t_step = time.perf_counter()
             batch = {k: v.to(device) for k, v in batch.items()}
