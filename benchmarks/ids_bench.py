@@ -22,8 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gensar.config import load_params  # noqa: E402
-from gensar.stages import collab, embed, identifiers  # noqa: E402
+from gensar.config import load_params
+from gensar.stages import collab, embed, identifiers
 
 PUBLISHED = {"beauty": {"recall@10": 0.082, "ndcg@10": 0.041}}
 

@@ -1,7 +1,7 @@
 """Identifier assignment: Sinkhorn re-assignment, disambiguation, incremental stability."""
 import numpy as np
 
-from gensar.ids.assign import (assign_identifiers, assign_incremental, collision_stats, greedy_round, sinkhorn)
+from gensar.ids.assign import assign_identifiers, assign_incremental, collision_stats, greedy_round, sinkhorn
 
 
 def test_sinkhorn_plan_has_uniform_marginals():

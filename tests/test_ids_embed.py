@@ -27,10 +27,10 @@ def items(texts):
 
 def test_cache_encodes_only_new_or_changed_texts(tmp_path, encoder):
     texts = ["red lipstick matte", "blue stapler", "gel pen black ink", "vitamin c serum"]
-    ids, v1 = embed_items(items(texts), CFG, tmp_path, encoder=encoder)
+    _, v1 = embed_items(items(texts), CFG, tmp_path, encoder=encoder)
     assert embed_items.last_encoded == 4 and v1.shape == (4, 384) and v1.dtype == np.float32
     changed = texts[:3] + ["retinol night cream", "argan oil shampoo"]      # item 3 edited, item 4 new
-    ids2, v2 = embed_items(items(changed), CFG, tmp_path, encoder=encoder)
+    _, v2 = embed_items(items(changed), CFG, tmp_path, encoder=encoder)
     assert embed_items.last_encoded == 2
     assert np.allclose(v2[:3], v1[:3], atol=1e-6)                          # cached rows are identical
     assert not np.allclose(v2[3], v1[3])

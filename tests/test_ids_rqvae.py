@@ -10,8 +10,8 @@ torch.set_num_threads(1)
 
 
 def tiny_cfg(**kw):
-    base = dict(shared_levels=1, specific_levels=2, codebook_size=8, shared_dim=8, specific_dim=4, hidden=(16,),
-                epochs=20, batch_size=32, device="cpu")
+    base = {"shared_levels": 1, "specific_levels": 2, "codebook_size": 8, "shared_dim": 8, "specific_dim": 4,
+            "hidden": (16,), "epochs": 20, "batch_size": 32, "device": "cpu"}
     return IdsConfig(**{**base, **kw})
 
 
@@ -52,7 +52,7 @@ def test_modes_layout(mode):
 
 def test_training_reduces_loss_and_uses_codes():
     x_s, x_c = clustered(), clustered(d=6, seed=1)
-    model, info = train_rqvae(x_s, x_c, tiny_cfg(epochs=60), log_every=10)
+    _, info = train_rqvae(x_s, x_c, tiny_cfg(epochs=60), log_every=10)
     hist = info["history"]
     assert hist[-1]["loss"] < hist[0]["loss"]
     first = hist[-1]["levels"]["h0"]

@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from gensar.config import CollabConfig, Params
-from gensar.ids.sasrec import (eval_cases, evaluate_full_ranking, full_ranking_metrics, load_sasrec,
-                               train_sasrec, train_sequences, user_timelines)
+from gensar.ids.sasrec import (
+    eval_cases,
+    evaluate_full_ranking,
+    full_ranking_metrics,
+    load_sasrec,
+    train_sasrec,
+    train_sequences,
+    user_timelines,
+)
 from gensar.stages import collab as collab_stage
 
 torch.set_num_threads(1)
@@ -96,6 +103,6 @@ def test_time_budget_stops_training_and_keeps_best():
     index = {it: i + 1 for i, it in enumerate(items["item_id"])}
     tl = user_timelines(inter, index)
     cfg = CollabConfig(hidden=8, layers=1, inner=16, max_len=5, epochs=50, max_minutes=1e-9, device="cpu")
-    model, info = train_sasrec(train_sequences(tl), len(items), cfg,
-                               valid=eval_cases(inter, tl, index, "valid", cfg.max_len))
+    _, info = train_sasrec(train_sequences(tl), len(items), cfg,
+                           valid=eval_cases(inter, tl, index, "valid", cfg.max_len))
     assert info["epochs"] == 1 and info["best_valid_ndcg@10"] is not None

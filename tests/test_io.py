@@ -7,10 +7,9 @@ from gensar.io import atomic_path, write_json, write_parquet
 def test_failed_write_keeps_previous_file(tmp_path):
     target = tmp_path / "t.parquet"
     write_parquet(pd.DataFrame({"a": [1, 2]}), target)
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("crash in the middle")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash in the middle")
     assert pd.read_parquet(target)["a"].tolist() == [1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]  # no temporary left behind
 

@@ -134,8 +134,8 @@ class GateResult:
             delta = "-" if r.delta is None else f"{r.delta:+.4f}"
             allowed = "-" if r.allowed is None else f"{r.allowed:.4f}"
             lines.append(f"| {r.metric} | {pub} | {r.candidate:.4f} | {delta} | {allowed} | {'yes' if r.ok else 'NO'} |")
-        lines += ["", f"Rule: publish when every metric >= published - max(tolerance {self.tolerance:g}, "
-                      "z x standard error of the difference)."]
+        lines += ["", (f"Rule: publish when every metric >= published - max(tolerance {self.tolerance:g}, "
+                       "z x standard error of the difference).")]
         return "\n".join(lines) + "\n"
 
 

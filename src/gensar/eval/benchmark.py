@@ -24,7 +24,6 @@ import logging
 import time
 from pathlib import Path
 
-
 from gensar.config import load_params
 from gensar.eval.baselines import HYBRIDS, GenSARRanker, build_baselines
 from gensar.eval.evaluate import evaluate_model, prepare_eval_data
@@ -111,14 +110,14 @@ def prepare(source: str, work: Path, params, need_embed: bool = True, need_colla
          "sasrec": work / "models/sasrec"}
     steps = [
         ("ingest", [p["canonical"] / "interactions.parquet"],   # ingested tables only feed validate
-         dict(snapshot=source, out=work / "prepared/ingested", report=work / "reports/ingest.json")),
+         {"snapshot": source, "out": work / "prepared/ingested", "report": work / "reports/ingest.json"}),
         ("validate", [p["canonical"] / "interactions.parquet"],
-         dict(ingested=work / "prepared/ingested", out=p["canonical"],
-              quarantine=work / "prepared/quarantine.parquet", report=work / "reports/validation.json",
-              stats=work / "metrics/data.json")),
-        ("embed", [p["emb"] / "semantic.npy"], dict(canonical=p["canonical"], out=p["emb"])),
+         {"ingested": work / "prepared/ingested", "out": p["canonical"],
+          "quarantine": work / "prepared/quarantine.parquet", "report": work / "reports/validation.json",
+          "stats": work / "metrics/data.json"}),
+        ("embed", [p["emb"] / "semantic.npy"], {"canonical": p["canonical"], "out": p["emb"]}),
         ("collab", [p["sasrec"] / "model.pt"],
-         dict(canonical=p["canonical"], out=p["sasrec"], metrics=work / "metrics/sasrec.json")),
+         {"canonical": p["canonical"], "out": p["sasrec"], "metrics": work / "metrics/sasrec.json"}),
     ]
     skip = {"embed": not need_embed, "collab": not need_collab}
     for name, outs, kwargs in steps:
@@ -194,11 +193,11 @@ def to_markdown(results: dict, source: str, quick: bool) -> str:
         return "" if n is None else f"{n / 1e6:.2f}M" if n >= 1e5 else str(n)
 
     lines = [f"# Benchmark on `{source}`{' (quick preset)' if quick else ''}", "",
-             f"Split `{results['split']}`, {results['n_cases']} (rec, search cases; "
-             f"max_users={results['max_users']}). Same cases, candidates and metric code for every model.",
-             f"Params overrides: `{json.dumps(results.get('overrides', {}))}`; train.tasks rates x "
-             f"{results.get('train_scale', 1.0)}. `train s`: identifiers + T5 training for generative rows, "
-             "SASRec training for sasrec.", ""]
+             (f"Split `{results['split']}`, {results['n_cases']} (rec, search cases; "
+              f"max_users={results['max_users']}). Same cases, candidates and metric code for every model."),
+             (f"Params overrides: `{json.dumps(results.get('overrides', {}))}`; train.tasks rates x "
+              f"{results.get('train_scale', 1.0)}. `train s`: identifiers + T5 training for generative rows, "
+              "SASRec training for sasrec."), ""]
     for protocol, cols, title in (
             ("full", FULL_COLS, "Full ranking over all items (TIGER / LC-Rec protocol)"),
             ("sampled", SAMPLED_COLS, "100 candidates: target + 99 negatives (GenSAR paper protocol)")):
@@ -217,8 +216,8 @@ def to_markdown(results: dict, source: str, quick: bool) -> str:
             for name, m in PUBLISHED["models"].items():
                 row = [name] + [fmt(m.get(f"rec/full/{c}")) for c in cols] + [""] * (len(cols) + 3)
                 lines.append("| " + " | ".join(row) + " |")
-            lines += ["", f"Published rows: {PUBLISHED['dataset']}, {PUBLISHED['protocol']}; comparable with "
-                      "ours only on beauty, full split, full test set."]
+            lines += ["", (f"Published rows: {PUBLISHED['dataset']}, {PUBLISHED['protocol']}; comparable with "
+                           "ours only on beauty, full split, full test set.")]
         lines.append("")
     fits = {n: r["fit"] for n, r in models.items() if r.get("fit")}
     if fits:

@@ -62,9 +62,8 @@ def save_cache(cache_dir: str | Path, model: str, cache: dict[str, np.ndarray]) 
     path = _cache_file(Path(cache_dir), model)
     keys = np.array(list(cache.keys()), dtype="U40")
     vecs = np.stack(list(cache.values())).astype(np.float32) if cache else np.zeros((0, 0), np.float32)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:       # np.savez on a path would append `.npz` to the temp name
-            np.savez(f, keys=keys, vectors=vecs)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:   # np.savez on a path would append `.npz`
+        np.savez(f, keys=keys, vectors=vecs)
 
 
 def encode_texts(encoder, texts: list[str], batch_size: int) -> np.ndarray:

@@ -27,13 +27,14 @@ terms have comparable scales; the statistics are stored with the model for incre
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from gensar.config import IdsConfig
 from gensar.device import resolve_device
@@ -47,7 +48,7 @@ MODES = ("gensar", "semantic", "collaborative", "independent")
 def mlp(dims: list[int]) -> nn.Sequential:
     """Linear layers with ReLU between them (none after the last)."""
     layers = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
         layers.append(nn.Linear(a, b))
         if i < len(dims) - 2:
             layers.append(nn.ReLU())
@@ -190,7 +191,7 @@ class IdentifierModel(nn.Module):
             raise ValueError(f"ids.mode must be one of {MODES}, got {cfg.mode!r}")
         self.mode, self.cfg = cfg.mode, cfg
         L = cfg.shared_levels + cfg.specific_levels
-        single = lambda dim: RQVAE(dim, cfg.hidden, cfg.shared_dim, L, cfg.codebook_size, cfg.beta)  # noqa: E731
+        single = lambda dim: RQVAE(dim, cfg.hidden, cfg.shared_dim, L, cfg.codebook_size, cfg.beta)
         if self.mode == "gensar":
             self.dual = DualRQVAE(sem_dim, col_dim, cfg)
         if self.mode in ("semantic", "independent"):
