@@ -34,11 +34,15 @@ def _run_name() -> str:
     return f"retrain-{repo}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
 
 
-def run_stages(repo: str, params: str, force: bool = False) -> list[dict]:
-    """Every dvc.yaml stage in order, each as its own task (skipped when up to date)."""
-    runs = []
+def run_stages(repo: str, params: str, force: bool = False, after=None) -> list[dict]:
+    """Every dvc.yaml stage in order, each as its own task (skipped when up to date). Each task waits
+    for the one before (`wait_for`), so the run page draws the pipeline: ingest -> ... -> evaluate."""
+    runs, previous = [], after
     for stage in read_pipeline(repo):
-        runs.append(task_for(stage)(repo, stage, params, force))
+        state = task_for(stage)(repo, stage, params, force, wait_for=[previous] if previous else None,
+                                return_state=True)
+        runs.append(state.result())      # a failed stage raises here and fails the flow
+        previous = state
     return runs
 
 

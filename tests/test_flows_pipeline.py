@@ -4,6 +4,7 @@ One repository (a throw-away git + DVC copy of the pipeline) goes through, in or
 retrain (every stage, model-v1) -> retrain with nothing new (every stage skipped) -> a candidate that
 fails the quality gate -> an invalid batch -> a valid batch (incremental, model-v2).
 """
+import itertools
 import json
 import time
 
@@ -37,6 +38,15 @@ def artifacts_of(state) -> dict[str, str]:
     return {a.key: a.data for a in arts if a.key}
 
 
+def task_runs_of(state) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+
+
 def test_retrain_runs_every_stage_and_publishes_v1(trained):
     repo, out = trained["repo"], trained["out"]
     stages = [s["stage"] for s in out["stages"]]
@@ -67,6 +77,12 @@ def test_rerun_with_nothing_new_skips_every_stage(trained):
     arts = artifacts_of(state)
     assert "skipped" in json.dumps(arts["stages"])
     assert {"metrics", "identifier-report", "data-statistics"} <= set(arts)
+    # the run page draws the pipeline: each stage task waits for the stage before it
+    runs = {r.name: r for r in task_runs_of(state)}
+    stages = ["ingest", "validate", "embed", "collab", "identifiers", "train", "export", "evaluate"]
+    for before, stage in itertools.pairwise(stages):
+        upstream = {i.id for i in runs[stage].task_inputs.get("wait_for", [])}
+        assert upstream == {runs[before].id}, stage
 
 
 def test_failed_gate_ends_failed_and_keeps_the_published_model(trained):
