@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import tempfile
 import time
@@ -11,24 +10,16 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_run_logger
 
 from gensar.config import load_params
 from gensar.data.snapshot import BatchError, add_batch, make_snapshot
 from gensar.stages.validate import rejected_report_path
+from tasks import run_logger
 from tasks.stages import call_stage_main, stage_argv
 
 
 class InvalidBatch(ValueError):
     """A new batch does not pass ingestion + validation; nothing was changed."""
-
-
-def _logger():
-    try:
-        return get_run_logger()
-    except MissingContextError:  # outside a flow run
-        return logging.getLogger(__name__)
 
 
 @task(name="snapshot", retries=2, retry_delay_seconds=[5, 30], cache_policy=NONE)
@@ -38,7 +29,7 @@ def snapshot(repo: str, params: str = "params.yaml", refresh: bool = True) -> di
     The new snapshot is built beside the old one and swapped in whole. When the source did not change
     the content is identical, `dvc add data` finds the same hash and every stage is skipped.
     """
-    log = _logger()
+    log = run_logger(__name__)
     repo = Path(repo)
     data = repo / "data"
     if data.exists() and not refresh:
@@ -62,7 +53,7 @@ def validate_batch(repo: str, batch: str, name: str, params: str = "params.yaml"
     data, so an invalid batch leaves `data/`, the workspace and everything published untouched. The
     validation report is attached to the flow run as a markdown artifact either way.
     """
-    log = _logger()
+    log = run_logger(__name__)
     repo, batch = Path(repo).resolve(), Path(batch).resolve()
     if not batch.exists():
         raise FileNotFoundError(f"incremental: batch {batch} does not exist")
@@ -108,7 +99,7 @@ def validate_batch(repo: str, batch: str, name: str, params: str = "params.yaml"
 @task(name="add-batch", retries=2, retry_delay_seconds=[2, 10], cache_policy=NONE)
 def append_batch(repo: str, batch: str, name: str) -> str:
     target = add_batch(batch, Path(repo) / "data", name=name)
-    _logger().info("add-batch: %s appended to the snapshot as %s", batch, target)
+    run_logger(__name__).info("add-batch: %s appended to the snapshot as %s", batch, target)
     return str(target)
 
 

@@ -9,31 +9,22 @@ report    table artifacts: metrics, identifier report, data statistics, stage ti
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_run_logger
 
 from gensar.config import load_params
 from gensar.publish import GateError, flatten_metrics, gate, model_metrics, read_version, write_published
+from tasks import run_logger
 from tasks.versioning import dvc_add, dvc_push, git_version, next_version
-
-
-def _logger():
-    try:
-        return get_run_logger()
-    except MissingContextError:  # outside a flow run
-        return logging.getLogger(__name__)
 
 
 @task(name="quality-gate", cache_policy=NONE)
 def quality_gate(repo: str, params: str = "params.yaml") -> dict:
     """Pass when every gate metric of the candidate >= published - tolerance; else raise GateError."""
-    log = _logger()
+    log = run_logger(__name__)
     repo = Path(repo)
     cfg = load_params(repo / params).gate
     eval_path = repo / "metrics" / "eval.json"
@@ -63,7 +54,7 @@ def publish(repo: str, gate_result: dict, flow: str, run_name: str, note: str = 
 
     A plain function calling tasks, so each step (and its retries) shows in the flow run.
     """
-    log = _logger()
+    log = run_logger(__name__)
     repo = Path(repo)
     version = next_version(repo)
     extra = {"flow": flow, "flow_run": run_name, "parent_commit": _head(repo), "note": note}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
 import shlex
 import time
 from pathlib import Path
@@ -19,8 +18,8 @@ from pathlib import Path
 import yaml
 from prefect import task
 from prefect.cache_policies import NONE
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_run_logger
+
+from tasks import run_logger
 
 STAGE_MODULE = "gensar.stages."
 
@@ -31,13 +30,6 @@ class StageError(RuntimeError):
 # Generous wall-clock limits (seconds) per stage on one machine; a hung stage fails the flow run.
 TIMEOUTS = {"ingest": 1800, "validate": 1800, "embed": 3 * 3600, "collab": 6 * 3600,
             "identifiers": 6 * 3600, "train": 48 * 3600, "evaluate": 6 * 3600, "export": 3600}
-
-
-def _logger():
-    try:
-        return get_run_logger()
-    except MissingContextError:  # called outside a flow run (plain Python, tests of the helpers)
-        return logging.getLogger(__name__)
 
 
 def read_pipeline(repo: str | Path) -> dict[str, dict]:
@@ -107,7 +99,7 @@ def run_stage(repo: str = ".", stage: str = "", params: str = "params.yaml", for
 
     The stage runs exactly its dvc.yaml command with params.yaml (no extra arguments, no other params
     file), so what dvc.lock records is what ran."""
-    log = _logger()
+    log = run_logger(__name__)
     repo = str(Path(repo).resolve())
     if params != "params.yaml":  # dvc.lock records params.yaml's values: a stage must run with those
         raise ValueError(f"stage '{stage}': DVC reads params.yaml, so a stage can only run with it (got "

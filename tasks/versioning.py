@@ -8,27 +8,18 @@ another machine) restores exactly that version.
 """
 from __future__ import annotations
 
-import logging
 import re
 import subprocess
 from pathlib import Path
 
 from prefect import task
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_run_logger
 
+from tasks import run_logger
 from tasks.stages import dvc_repo
 
 TAG_PREFIX = "model-v"
 # what a version commit records (paths that do not exist are left out)
 VERSION_FILES = ["dvc.lock", "data.dvc", "published.dvc", "metrics", "params.yaml", "dvc.yaml", ".gitignore"]
-
-
-def _logger():
-    try:
-        return get_run_logger()
-    except MissingContextError:  # outside a flow run
-        return logging.getLogger(__name__)
 
 
 def git(repo: str | Path, *args: str, check: bool = True) -> str:
@@ -62,7 +53,7 @@ def dvc_add_path(repo: str | Path, path: str) -> str:
     with dvc_repo(repo) as r:
         stages = r.add([path])
     md5 = stages[0].outs[0].hash_info.value
-    _logger().info("dvc add %s: %s", path, md5)
+    run_logger(__name__).info("dvc add %s: %s", path, md5)
     return md5
 
 
@@ -70,7 +61,7 @@ def dvc_push_all(repo: str | Path) -> int:
     """`dvc push` to the default remote; returns the number of files transferred."""
     with dvc_repo(repo) as r:
         n = r.push()
-    _logger().info("dvc push: %s files transferred to the remote", n)
+    run_logger(__name__).info("dvc push: %s files transferred to the remote", n)
     return n
 
 
@@ -81,13 +72,13 @@ def git_commit_version(repo: str | Path, version: int, message: str) -> str:
     paths += [p for p in _output_gitignores(repo) if p not in paths]
     git(repo, "add", "--", *paths)
     if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo, check=False).returncode == 0:
-        _logger().info("git: nothing changed in %s, tagging HEAD", ", ".join(paths))
+        run_logger(__name__).info("git: nothing changed in %s, tagging HEAD", ", ".join(paths))
     else:
         git(repo, *_git_identity(repo), "commit", "-q", "-m", message, "--", *paths)
     tag = f"{TAG_PREFIX}{version}"
     git(repo, *_git_identity(repo), "tag", "-a", tag, "-m", message.splitlines()[0])
     commit = git(repo, "rev-parse", "HEAD")
-    _logger().info("git: committed %s and tagged it %s", commit[:10], tag)
+    run_logger(__name__).info("git: committed %s and tagged it %s", commit[:10], tag)
     return commit
 
 

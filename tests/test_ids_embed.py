@@ -27,11 +27,11 @@ def items(texts):
 
 def test_cache_encodes_only_new_or_changed_texts(tmp_path, encoder):
     texts = ["red lipstick matte", "blue stapler", "gel pen black ink", "vitamin c serum"]
-    _, v1 = embed_items(items(texts), CFG, tmp_path, encoder=encoder)
-    assert embed_items.last_encoded == 4 and v1.shape == (4, 384) and v1.dtype == np.float32
+    _, v1, encoded = embed_items(items(texts), CFG, tmp_path, encoder=encoder)
+    assert encoded == 4 and v1.shape == (4, 384) and v1.dtype == np.float32
     changed = texts[:3] + ["retinol night cream", "argan oil shampoo"]      # item 3 edited, item 4 new
-    _, v2 = embed_items(items(changed), CFG, tmp_path, encoder=encoder)
-    assert embed_items.last_encoded == 2
+    _, v2, encoded = embed_items(items(changed), CFG, tmp_path, encoder=encoder)
+    assert encoded == 2
     assert np.allclose(v2[:3], v1[:3], atol=1e-6)                          # cached rows are identical
     assert not np.allclose(v2[3], v1[3])
     # semantic sanity: the two cosmetics are closer to each other than to office supplies

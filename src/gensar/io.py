@@ -6,6 +6,7 @@ where a good one was: readers see either the old file or the complete new one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +37,24 @@ def atomic_path(target: str | Path):
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def file_hash(*paths: str | Path, length: int = 16) -> str:
+    """Short SHA-256 of the files' bytes, in order: a version string that changes exactly when they do."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+def value_hash(*parts, length: int = 16) -> str:
+    """Short SHA-256 of JSON-able values (and bytes): a fingerprint of a configuration."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:length]
 
 
 def carry_over(old: Path, new: Path, names) -> None:

@@ -52,17 +52,6 @@ def flatten_metrics(obj: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def read_metrics(path: str | Path) -> dict[str, float]:
-    """Flattened numeric metrics of a JSON metrics file (e.g. metrics/eval.json)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"gate: metrics file {path} not found (run the evaluate stage first)")
-    try:
-        return flatten_metrics(json.loads(path.read_text()))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"gate: {path} is not valid JSON ({e})") from None
-
-
 def model_metrics(eval_json: dict, cfg: GateConfig, where: str = "metrics/eval.json") -> dict[str, float]:
     """The flattened metrics of the gated model (`gate.model`, e.g. `gensar`) in an eval.json."""
     if not cfg.model:

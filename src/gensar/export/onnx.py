@@ -435,18 +435,6 @@ def verify(model, out_dir: str | Path, batch: int = 2, beams: int = 3, src_len: 
 # --------------------------------------------------------------------------------------------
 # the self-contained export folder
 # --------------------------------------------------------------------------------------------
-def file_version(*paths: str | Path) -> str:
-    """Short content hash of files (a version string that changes exactly when the bytes do)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:12]
-
-
 def identifier_token_ids(tokenizer, ids, space: str) -> np.ndarray:
     """[n_items, L] token ids of every item's identifier of `space`, in `ids.item_ids` order."""
     from gensar.model.tokenizer import check_single_tokens

@@ -124,11 +124,11 @@ def disambiguate(codes: np.ndarray, used: dict[tuple, set[int]] | None = None) -
 
 
 def assign_identifiers(codes: np.ndarray, last_residual: np.ndarray, codebook: np.ndarray,
-                       epsilon: float = 0.003, iters: int = 50, sinkhorn_enabled: bool = True) -> tuple[np.ndarray, dict]:
+                       epsilon: float = 0.003, iters: int = 50) -> tuple[np.ndarray, dict]:
     """Unique identifiers (n, L+1) from base codes (n, L): Sinkhorn on the last level, then a disambiguation code."""
     before = collision_stats(codes)
     moved = 0
-    if sinkhorn_enabled and before["collision_rate"] > 0:
+    if before["collision_rate"] > 0:
         codes, moved = sinkhorn_resolve(codes, last_residual, codebook, epsilon, iters)
     after_sk = collision_stats(codes)
     ids = disambiguate(codes)

@@ -95,11 +95,9 @@ def encode_texts(encoder, texts: list[str], batch_size: int) -> np.ndarray:
 
 
 def embed_items(items_df: pd.DataFrame, cfg: EmbedConfig, cache_dir: str | Path | None = None,
-                encoder=None) -> tuple[list[str], np.ndarray]:
-    """Embed `items_df.text`; returns (item_ids in table order, float32 [n_items, d]).
-
-    Only texts missing from the cache are encoded. `encoder` may be passed to reuse a loaded model.
-    The number of texts encoded by the last call is in `embed_items.last_encoded` (for tests/logs).
+                encoder=None) -> tuple[list[str], np.ndarray, int]:
+    """Embed `items_df.text`; returns (item_ids in table order, float32 [n_items, d], how many texts
+    were encoded: only those missing from the cache are). `encoder` may be passed to reuse a loaded model.
     """
     for col in ("item_id", "text"):
         if col not in items_df.columns:
@@ -123,9 +121,5 @@ def embed_items(items_df: pd.DataFrame, cfg: EmbedConfig, cache_dir: str | Path 
         cache.update({k: v for (k, _), v in zip(todo, vecs)})
         if cache_dir is not None:
             save_cache(cache_dir, cfg.model, cache)
-    embed_items.last_encoded = len(todo)
     out = np.stack([cache[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, 0), np.float32)
-    return item_ids, out
-
-
-embed_items.last_encoded = 0
+    return item_ids, out, len(todo)

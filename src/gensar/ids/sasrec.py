@@ -212,7 +212,7 @@ def full_ranking_metrics(ranks: np.ndarray, ks=(5, 10)) -> dict[str, float]:
 
 
 @torch.no_grad()
-def target_ranks(model: SASRec, hist: np.ndarray, targets: np.ndarray, batch_size: int = 1024,
+def sasrec_target_ranks(model: SASRec, hist: np.ndarray, targets: np.ndarray, batch_size: int = 1024,
                  device: str = "cpu") -> np.ndarray:
     """1-based rank of each target among all items (ties count in the target's favour)."""
     model.eval()
@@ -229,7 +229,7 @@ def target_ranks(model: SASRec, hist: np.ndarray, targets: np.ndarray, batch_siz
 def evaluate_full_ranking(model: SASRec, hist: np.ndarray, targets: np.ndarray, ks=(5, 10),
                           batch_size: int = 1024, device: str = "cpu") -> dict[str, float]:
     """Recall@k / NDCG@k over all items for the cases (hist, targets) built by `eval_cases`."""
-    return full_ranking_metrics(target_ranks(model, hist, targets, batch_size, device), ks)
+    return full_ranking_metrics(sasrec_target_ranks(model, hist, targets, batch_size, device), ks)
 
 
 # --------------------------------------------------------------------------------------------

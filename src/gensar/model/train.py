@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 from gensar.config import TrainConfig
 from gensar.device import resolve_device
 from gensar.eval.metrics import hit_at, ndcg_at, target_ranks
+from gensar.io import atomic_path
 from gensar.logs import progress
 from gensar.model.examples import Example, ExampleBuilder, Request
 from gensar.model.levels import LevelVocab, Seq2SeqLoss
@@ -255,9 +256,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(ckpt_dir: str | Path, fingerprint: str) -> dict | None:

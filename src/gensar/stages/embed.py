@@ -33,12 +33,12 @@ def run(params: Params, canonical: str | Path = "prepared/canonical",
     items = pd.read_parquet(items_path, columns=["item_id", "text"])
     setup_torch(resolve_device(params.embed.device), params.embed.cpu_threads)
     t0 = time.perf_counter()
-    item_ids, vecs = embed_items(items, params.embed, cache_dir=out / "cache")
+    item_ids, vecs, encoded = embed_items(items, params.embed, cache_dir=out / "cache")
     seconds = time.perf_counter() - t0
     with atomic_path(out / "semantic.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, vecs)
     write_json(item_ids, out / "item_ids.json")
-    summary = {"n_items": len(item_ids), "dim": int(vecs.shape[1]), "encoded": embed_items.last_encoded,
+    summary = {"n_items": len(item_ids), "dim": int(vecs.shape[1]), "encoded": encoded,
                "seconds": round(seconds, 2), "out": str(out)}
     logger.info("embed: %s", summary)
     return summary

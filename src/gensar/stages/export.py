@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 
 from gensar.config import Params, load_params
-from gensar.export.onnx import file_version, write_export
-from gensar.io import atomic_path
+from gensar.export.onnx import write_export
+from gensar.io import atomic_path, file_hash
 from gensar.logs import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -52,9 +52,9 @@ def run(params: Params, model: str | Path = "models/t5", ids: str | Path = "mode
     }
     weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
     versions = {
-        "data": str(model_meta.get("data_version") or file_version(canonical / "items.parquet")),
-        "identifiers": file_version(ids_dir / "identifiers.parquet", ids_dir / "meta.json"),
-        "model": file_version(*weights, model_dir / "gensar.json"),
+        "data": str(model_meta.get("data_version") or file_hash(canonical / "items.parquet", length=12)),
+        "identifiers": file_hash(ids_dir / "identifiers.parquet", ids_dir / "meta.json", length=12),
+        "model": file_hash(*weights, model_dir / "gensar.json", length=12),
         "model_dir": str(model_dir),
     }
     with atomic_path(out) as tmp:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -30,7 +29,7 @@ import yaml
 
 from gensar.config import Params, load_params, to_dict
 from gensar.device import setup_torch
-from gensar.io import atomic_path, write_json
+from gensar.io import atomic_path, file_hash, value_hash, write_json
 from gensar.logs import FORMAT, setup_logging
 from gensar.model.examples import ExampleBuilder, eval_requests, sample_users, user_events
 from gensar.model.generate import GenSARModel
@@ -44,30 +43,19 @@ from gensar.stages.identifiers import load_model as load_rqvae
 logger = logging.getLogger(__name__)
 
 
-def _sha(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
-
-
-def _file_hash(paths) -> str:
-    return _sha(*[Path(p).read_bytes() for p in paths])
-
-
 def _code_version() -> str:
     """Hash of the model package's sources (trainer, examples, prompts, T5, tokenizer): a checkpoint
     written by other training code is not resumed, as `dvc repro` would not reuse its output."""
     import gensar.model
 
-    return _file_hash(sorted(Path(gensar.model.__file__).parent.glob("*.py")))
+    return file_hash(*sorted(Path(gensar.model.__file__).parent.glob("*.py")))
 
 
 def _tokenizer(params: Params, items, queries, idmap: IdentifierMap, init, ckpt: Path, main: bool):
     """Build (or reuse from the checkpoint dir) the tokenizer; rank 0 builds, others load."""
     id_toks = idmap.tokens()
     corpus = items["text"].astype(str).tolist() + queries["text"].astype(str).tolist()
-    key = _sha(corpus, id_toks, params.model.vocab_size, params.model.pretrained, str(init or ""))
+    key = value_hash(corpus, id_toks, params.model.vocab_size, params.model.pretrained, str(init or ""))
     tok_dir, key_file = ckpt / "tokenizer", ckpt / "tokenizer.key"
     if main and not (key_file.exists() and key_file.read_text() == key):
         if init:
@@ -110,7 +98,7 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
         idmap = IdentifierMap.load(ids, cfg.drop_constant_codes)
         if idmap.dropped:
             logger.info("identifiers: the constant final code is left out of the %s", " and ".join(idmap.dropped))
-        data_version = _file_hash(list(tables.values()) + [ids / "identifiers.parquet", ids / "meta.json"])
+        data_version = file_hash(*tables.values(), ids / "identifiers.parquet", ids / "meta.json")
         events = user_events(inter, queries)
         builder = ExampleBuilder(events, items, idmap, cfg)
         users = sample_users(events, cfg.eval_users, cfg.seed, "valid")
@@ -137,7 +125,7 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
                              for name, q in load_rqvae(ids / "rqvae.pt").quantizers()}
                 done = init_code_embeddings(model, LevelVocab(tok, idmap), codebooks, cfg.seed)
                 logger.info("model: identifier embeddings of %s start from the RQ-VAE codebooks", ", ".join(done))
-        fingerprint = _sha(to_dict(params.model), to_dict(params.train), len(tok), data_version,
+        fingerprint = value_hash(to_dict(params.model), to_dict(params.train), len(tok), data_version,
                            str(init or ""), d.world, tok_key if d.main else "", _code_version())
         if d.world > 1:  # rank 0 alone knows the tokenizer key; every rank needs the same fingerprint
             box = [fingerprint]
