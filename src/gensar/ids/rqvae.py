@@ -181,8 +181,9 @@ class DualRQVAE(nn.Module):
 class IdentifierModel(nn.Module):
     """The RQ-VAE(s) of one `ids.mode`, with a common interface for training and code assignment.
 
-    `parts()` lists (identifier, codes columns, kinds, quantizer of the last level, residual index) so
-    that assign.py can rebuild SIDs and CIDs from the concatenated code matrix of `encode`.
+    `encode` returns the concatenated code matrix of every level; `id_columns()` says which of its
+    columns make the SID and the CID, `id_kinds()` their token kinds and `quantizers()` each level's
+    quantizer (the identifiers stage reads the last level's codebook for Sinkhorn re-assignment).
     """
 
     def __init__(self, sem_dim: int, col_dim: int, cfg: IdsConfig):

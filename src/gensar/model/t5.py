@@ -7,7 +7,7 @@ Sizes (`model.size`):
 or `model.pretrained`: a local T5 checkpoint directory (its embeddings are resized to our vocabulary).
 
 Attention is built `eager`: the plain math, which gensar.export.onnx writes out as ONNX graphs and
-checks against (STACK.md: the `sdpa` path does not export). A saved model directory holds `save_pretrained` weights + config, the tokenizer, and
+checks against, parity-tested in tests/test_export_onnx.py. A saved model directory holds `save_pretrained` weights + config, the tokenizer, and
 `gensar.json` (model/train configs, identifier meta, data version, vocabulary size).
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, pad_token_id: int, eos_token_
     model.config.pad_token_id = pad_token_id
     model.config.eos_token_id = eos_token_id
     model.config.decoder_start_token_id = pad_token_id
-    # beam search must never silently sample (PITFALLS.md); callers pass it explicitly too
+    # beam search must never silently sample; callers pass it explicitly too
     model.generation_config.do_sample = False
     model.generation_config.pad_token_id = pad_token_id
     model.generation_config.eos_token_id = eos_token_id
