@@ -16,7 +16,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
 from gensar.config import load_params
-from gensar.publish import GateError, flatten_metrics, gate, model_metrics, read_version, write_published
+from gensar.publish import (
+    GateError,
+    flatten_metrics,
+    gate,
+    metrics_markdown,
+    model_metrics,
+    read_version,
+    write_published,
+)
 from tasks import run_logger
 from tasks.versioning import dvc_add, dvc_push, git_version, next_version
 
@@ -87,8 +95,15 @@ def report(repo: str, stage_runs: list[dict]) -> None:
     create_table_artifact(
         [{"stage": s["stage"], "status": "skipped (up to date)" if s["skipped"] else "ran",
           "seconds": s["seconds"]} for s in stage_runs], key="stages", description="stages of this run")
-    for name, key, desc in [("eval", "metrics", "evaluation metrics (metrics/eval.json)"),
-                            ("ids", "identifier-report", "identifier report (metrics/ids.json)"),
+    eval_path = repo / "metrics" / "eval.json"
+    if eval_path.exists():
+        record = read_version(repo / "published") or {}
+        create_markdown_artifact(
+            "# Evaluation: GenSAR and the baselines\n\n" + metrics_markdown(
+                json.loads(eval_path.read_text()), (record.get("metrics") or {}).get("eval"),
+                published_version=record.get("version")),
+            key="metrics", description="model x metric tables per task and protocol (metrics/eval.json)")
+    for name, key, desc in [("ids", "identifier-report", "identifier report (metrics/ids.json)"),
                             ("data", "data-statistics", "dataset statistics (metrics/data.json)"),
                             ("train", "training", "training metrics (metrics/train.json)")]:
         path = repo / "metrics" / f"{name}.json"

@@ -90,3 +90,18 @@ def test_a_drop_within_the_noise_of_the_test_sample_passes():
     bare = gate({"rec/sampled/ndcg@10": 0.423}, {"rec/sampled/ndcg@10": 0.456}, cfg, 1)
     assert not bare.passed and bare.rows[0].allowed == 0.01
     assert "allowed drop" in noisy.markdown()
+
+
+def test_metrics_markdown_is_a_model_by_metric_table_with_change_and_gap():
+    from gensar.publish import metrics_markdown
+
+    def m(v):
+        return {f"rec/full/{k}": v for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")}
+    eval_json = {"popularity": m(0.01), "sasrec": m(0.10), "gensar": {**m(0.08), "se": {"x": 1.0}}}
+    md = metrics_markdown(eval_json, {"gensar": m(0.05)}, published_version=3)
+    lines = md.splitlines()
+    assert lines[0] == "### rec, full ranking over all items" and "search" not in md
+    assert lines[2] == "| model | recall@5 | ndcg@5 | recall@10 | ndcg@10 |"
+    assert lines[4].startswith("| gensar | 0.0800") and lines[6] == "| sasrec | **0.1000** | **0.1000** | **0.1000** | **0.1000** |"
+    assert "| change against v3 | +0.0300 | +0.0300 | +0.0300 | +0.0300 |" in lines
+    assert "| gap to the best baseline | -0.0200 | -0.0200 | -0.0200 | -0.0200 |" in lines

@@ -78,6 +78,46 @@ def lookup(metrics: dict[str, float], name: str) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------
+# the metrics as a person reads them
+# --------------------------------------------------------------------------------------------
+TABLE_COLUMNS = {"full": ("recall@5", "ndcg@5", "recall@10", "ndcg@10"),
+                 "sampled": ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10")}
+PROTOCOL_TITLES = {"full": "full ranking over all items", "sampled": "100 candidates (target + 99 negatives)"}
+
+
+def metrics_markdown(eval_json: dict, published_eval: dict | None = None, model: str = "gensar",
+                     published_version: int | None = None) -> str:
+    """eval.json as one model x metric table per task and protocol: the gated model first, then every
+    baseline; a row with the change against the published model, and one with the gap to the best
+    baseline (the best value of each column in bold)."""
+    lines = []
+    for task in ("rec", "search"):
+        for protocol, cols in TABLE_COLUMNS.items():
+            keys = [f"{task}/{protocol}/{c}" for c in cols]
+            rows = {name: m for name, m in eval_json.items() if isinstance(m, dict) and keys[0] in m}
+            if not rows:
+                continue
+            order = sorted(rows, key=lambda n: (n != model, n))
+            best = {k: max(rows[n][k] for n in rows) for k in keys}
+            lines += [f"### {task}, {PROTOCOL_TITLES[protocol]}", "",
+                      "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+            for n in order:
+                cells = [f"**{rows[n][k]:.4f}**" if rows[n][k] == best[k] else f"{rows[n][k]:.4f}" for k in keys]
+                lines.append(f"| {n} | " + " | ".join(cells) + " |")
+            pub = (published_eval or {}).get(model) or {}
+            if model in rows and all(k in pub for k in keys):
+                tag = f"v{published_version}" if published_version else "published"
+                lines.append(f"| change against {tag} | " + " | ".join(
+                    f"{rows[model][k] - pub[k]:+.4f}" for k in keys) + " |")
+            baselines = [n for n in rows if n != model]
+            if model in rows and baselines:
+                lines.append("| gap to the best baseline | " + " | ".join(
+                    f"{rows[model][k] - max(rows[n][k] for n in baselines):+.4f}" for k in keys) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
 # the gate
 # --------------------------------------------------------------------------------------------
 @dataclass
