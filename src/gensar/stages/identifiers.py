@@ -51,15 +51,22 @@ def load_aligned(folder: Path, matrix: str, item_ids: list[str]) -> np.ndarray:
     return vecs[[pos[it] for it in item_ids]].astype(np.float32)
 
 
+# what rebuilds the RQ-VAE (nanoGPT's `model_args`); training knobs (lr, epochs, device) are not its shape
+MODEL_ARGS = ("mode", "shared_levels", "specific_levels", "codebook_size", "shared_dim", "specific_dim",
+              "hidden", "beta")
+
+
 def save_model(model: IdentifierModel, path: Path, sem_dim: int, col_dim: int) -> None:
+    args = {k: v for k, v in to_dict(model.cfg).items() if k in MODEL_ARGS}
     with atomic_path(path) as tmp:
-        torch.save({"config": to_dict(model.cfg), "sem_dim": sem_dim, "col_dim": col_dim,
+        torch.save({"model_args": args, "sem_dim": sem_dim, "col_dim": col_dim,
                     "state_dict": model.state_dict()}, tmp)
 
 
 def load_model(path: Path) -> IdentifierModel:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = IdentifierModel(ckpt["sem_dim"], ckpt["col_dim"], from_dict(IdsConfig, ckpt["config"]))
+    args = ckpt.get("model_args") or {k: v for k, v in ckpt["config"].items() if k in MODEL_ARGS}  # (older files)
+    model = IdentifierModel(ckpt["sem_dim"], ckpt["col_dim"], from_dict(IdsConfig, args))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 
