@@ -23,6 +23,7 @@ from gensar.publish import (
     metrics_markdown,
     model_metrics,
     read_version,
+    training_markdown,
     write_published,
 )
 from tasks import run_logger
@@ -103,6 +104,10 @@ def report(repo: str, stage_runs: list[dict]) -> None:
                 json.loads(eval_path.read_text()), (record.get("metrics") or {}).get("eval"),
                 published_version=record.get("version")),
             key="metrics", description="model x metric tables per task and protocol (metrics/eval.json)")
+    history = repo / "models" / "t5" / "history.json"
+    if history.exists():
+        create_markdown_artifact(training_markdown(json.loads(history.read_text())), key="training-curve",
+                                 description="the training curve: one row per validation (models/t5/history.json)")
     for name, key, desc in [("ids", "identifier-report", "identifier report (metrics/ids.json)"),
                             ("data", "data-statistics", "dataset statistics (metrics/data.json)"),
                             ("train", "training", "training metrics (metrics/train.json)")]:

@@ -76,7 +76,8 @@ def test_rerun_with_nothing_new_skips_every_stage(trained):
     assert seconds < 60
     arts = artifacts_of(state)
     assert "skipped" in json.dumps(arts["stages"])
-    assert {"metrics", "identifier-report", "data-statistics"} <= set(arts)
+    assert {"metrics", "identifier-report", "data-statistics", "training-curve"} <= set(arts)
+    assert "| model |" in arts["metrics"] and "| validation |" in arts["training-curve"]
     # the run page draws the pipeline: each stage task waits for the stage before it
     runs = {r.name: r for r in task_runs_of(state)}
     stages = ["ingest", "validate", "embed", "collab", "identifiers", "train", "export", "evaluate"]

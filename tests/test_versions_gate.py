@@ -105,3 +105,15 @@ def test_metrics_markdown_is_a_model_by_metric_table_with_change_and_gap():
     assert lines[4].startswith("| gensar | 0.0800") and lines[6] == "| sasrec | **0.1000** | **0.1000** | **0.1000** | **0.1000** |"
     assert "| change against v3 | +0.0300 | +0.0300 | +0.0300 | +0.0300 |" in lines
     assert "| gap to the best baseline | -0.0200 | -0.0200 | -0.0200 | -0.0200 |" in lines
+
+
+def test_training_markdown_has_one_row_per_validation_and_marks_the_best():
+    from gensar.publish import training_markdown
+
+    rows = [{"train_minutes": 1.0, "step": 10, "train/loss": 3.0, "valid/ndcg@10": 0.1, "valid/rec/ndcg@10": 0.05,
+             "valid/search/ndcg@10": 0.15},
+            {"train_minutes": 2.0, "step": 20, "train/loss": 2.0, "valid/ndcg@10": 0.2, "valid/rec/ndcg@10": 0.1,
+             "valid/search/ndcg@10": 0.3}]
+    md = training_markdown(rows).splitlines()
+    assert md[4] == "| 0 | 1.0 | 10 | 3.0000 | 0.0500 | 0.1500 |  |"
+    assert md[5] == "| 1 | 2.0 | 20 | 2.0000 | 0.1000 | 0.3000 | **best** |"

@@ -117,6 +117,21 @@ def metrics_markdown(eval_json: dict, published_eval: dict | None = None, model:
     return "\n".join(lines)
 
 
+def training_markdown(history: list[dict]) -> str:
+    """The training curve as a table: one row per validation (training minutes, step, loss, validation
+    NDCG@10 of rec and search), the best row marked."""
+    def num(row, key, fmt):
+        return format(row[key], fmt) if isinstance(row.get(key), (int, float)) else "-"
+    best = max(range(len(history)), key=lambda i: history[i].get("valid/ndcg@10", -1.0)) if history else -1
+    lines = ["# Training curve", "", "| validation | train min | step | loss | rec NDCG@10 | search NDCG@10 | best |",
+             "|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(history):
+        lines.append(f"| {i} | {num(r, 'train_minutes', '.1f')} | {r.get('step', '-')} | {num(r, 'train/loss', '.4f')} | "
+                     f"{num(r, 'valid/rec/ndcg@10', '.4f')} | {num(r, 'valid/search/ndcg@10', '.4f')} | "
+                     f"{'**best**' if i == best else ''} |")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------
 # the gate
 # --------------------------------------------------------------------------------------------

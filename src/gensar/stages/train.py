@@ -1,7 +1,7 @@
 """Stage `train`: tokenizer + multi-task T5 training with checkpoints, selection and DDP.
 
     python -m gensar.stages.train --canonical prepared/canonical --ids models/ids --out models/t5 \
-        --metrics metrics/train.json --live dvclive/train [--init models/t5_previous]
+        --metrics metrics/train.json --live metrics/live/train [--init models/t5_previous]
     torchrun --nproc_per_node 2 -m gensar.stages.train ...      (DDP; gloo on CPU, nccl on GPU)
 
 Writes into `out`: the best model (`save_pretrained` weights + config), the tokenizer, `gensar.json`
@@ -72,7 +72,7 @@ def _tokenizer(params: Params, items, queries, idmap: IdentifierMap, init, ckpt:
 
 def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str | Path = "models/ids",
         out: str | Path = "models/t5", metrics: str | Path = "metrics/train.json",
-        live: str | Path | None = "dvclive/train", init: str | Path | None = None,
+        live: str | Path | None = "metrics/live/train", init: str | Path | None = None,
         checkpoints: str | Path | None = None) -> dict:
     """Train GenSAR's T5 on the canonical tables and identifier map; returns the summary written to
     `metrics` (rank 0). Under torchrun every rank calls this."""
@@ -178,7 +178,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--ids", default="models/ids")
     ap.add_argument("--out", default="models/t5")
     ap.add_argument("--metrics", default="metrics/train.json")
-    ap.add_argument("--live", default="dvclive/train")
+    ap.add_argument("--live", default="metrics/live/train")
     ap.add_argument("--init", default=None, help="warm start from this model directory")
     ap.add_argument("--checkpoints", default=None, help="default: <out>/checkpoints")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
