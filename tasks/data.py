@@ -14,7 +14,7 @@ from prefect.cache_policies import NONE
 from gensar.config import load_params
 from gensar.data.snapshot import BatchError, add_batch, make_snapshot
 from gensar.stages.validate import rejected_report_path
-from tasks import run_logger
+from tasks import notify, run_logger
 from tasks.stages import call_stage_main, stage_argv
 
 
@@ -65,6 +65,7 @@ def validate_batch(repo: str, batch: str, name: str, params: str = "params.yaml"
         try:
             add_batch(batch, scratch / "data", name=name)
         except BatchError as e:
+            notify("gensar.batch.rejected", repo, {"batch": str(batch), "name": name, "error": str(e)})
             raise InvalidBatch(f"{e}; data/ and the published model are unchanged") from None
         error = None
         summaries = {}
@@ -88,6 +89,7 @@ def validate_batch(repo: str, batch: str, name: str, params: str = "params.yaml"
             description=f"validation of batch {name}")
         if error:
             log.error("validate-batch: batch %s is INVALID, nothing changed: %s", batch, error)
+            notify("gensar.batch.rejected", repo, {"batch": str(batch), "name": name, "error": error[:2000]})
             raise InvalidBatch(f"batch {batch} is invalid and was not added (data/ and the published "
                                f"model are unchanged): {error}")
         log.info("validate-batch: batch %s is valid (%.1f s)", batch, time.perf_counter() - t0)

@@ -26,7 +26,7 @@ from gensar.publish import (
     training_markdown,
     write_published,
 )
-from tasks import run_logger
+from tasks import notify, run_logger
 from tasks.versioning import dvc_add, dvc_push, git_version, next_version
 
 
@@ -46,6 +46,8 @@ def quality_gate(repo: str, params: str = "params.yaml") -> dict:
     create_markdown_artifact(result.markdown(), key="quality-gate", description=result.summary())
     if not result.passed:
         log.error("%s", result.summary())
+        notify("gensar.gate.failed", repo, {"summary": result.summary(), "published_version": result.published_version,
+                                            "failures": [r.metric for r in result.failures]})
         raise GateError(result.summary())
     log.info("%s", result.summary())
     return {"passed": True, "summary": result.summary(), "result": result}

@@ -1,6 +1,7 @@
 """The stage tasks read the pipeline from dvc.yaml (one definition, two drivers): no Prefect server needed."""
 import pytest
 from flows_support import ROOT
+from prefect.testing.fixtures import asserting_events_worker, mock_should_emit_events  # noqa: F401 (fixtures)
 
 from tasks.stages import STAGE_TASKS, read_pipeline, stage_argv, task_for
 
@@ -49,3 +50,29 @@ def test_a_batch_is_judged_by_its_own_share_of_quarantined_rows(tmp_path):
     error, info = _batch_bad_rows(repo, scratch, "b1", "params.yaml")
     assert "300 events of batch 'b1'" in error and "100.0% > validate.max_bad_row_share 5.0%" in error
     assert info["share"] == 1.0
+
+
+def test_a_failed_gate_emits_an_event_a_user_can_route(tmp_path, monkeypatch, asserting_events_worker,
+                                                       mock_should_emit_events):
+    """quality_gate on a candidate worse than the published model: GateError, and a
+    `gensar.gate.failed` event about the repository (what an automation turns into a notification)."""
+    import json
+
+    from prefect.events.clients import AssertingEventsClient
+
+    from gensar.publish import GateError
+    from tasks.release import quality_gate
+
+    (tmp_path / "params.yaml").write_text("gate:\n  metrics: [rec/sampled/ndcg@10]\n  tolerance: 0.01\n  z: 0\n")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "eval.json").write_text(json.dumps({"gensar": {"rec/sampled/ndcg@10": 0.30}}))
+    (tmp_path / "published").mkdir()
+    (tmp_path / "published" / "version.json").write_text(json.dumps(
+        {"version": 4, "metrics": {"eval": {"gensar": {"rec/sampled/ndcg@10": 0.40}}}}))
+    monkeypatch.setattr("tasks.release.create_markdown_artifact", lambda *a, **k: None)   # no server here
+    with pytest.raises(GateError, match="quality gate FAILED against published v4"):
+        quality_gate.fn(str(tmp_path))
+    asserting_events_worker.drain()
+    events = [e for e in AssertingEventsClient.last.events if e.event == "gensar.gate.failed"]
+    assert len(events) == 1 and events[0].resource.id == f"gensar.repo.{tmp_path.name}"
+    assert events[0].payload["published_version"] == 4 and events[0].payload["failures"] == ["rec/sampled/ndcg@10"]
