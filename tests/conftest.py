@@ -8,6 +8,9 @@ import json
 import pandas as pd
 import pytest
 
+# Prefect's events fixtures: capture emitted events without a server (tasks.notify)
+from prefect.testing.fixtures import asserting_events_worker, mock_should_emit_events  # noqa: F401
+
 from gensar.config import Params, SyntheticConfig
 
 

@@ -1,7 +1,6 @@
 """The stage tasks read the pipeline from dvc.yaml (one definition, two drivers): no Prefect server needed."""
 import pytest
 from flows_support import ROOT
-from prefect.testing.fixtures import asserting_events_worker, mock_should_emit_events  # noqa: F401 (fixtures)
 
 from tasks.stages import STAGE_TASKS, read_pipeline, stage_argv, task_for
 

@@ -10,7 +10,7 @@
                        decoding identifiers with constrained beam search (gensar.model.generate)
 
 The generative variants differ only in training params (ids.mode, train.tasks), so one wrapper
-serves them all; the benchmark (gensar.eval.benchmark) trains each variant.
+serves them all; the benchmark (benchmarks/benchmark.py) trains each variant.
 
 The two hybrids are the personalised search an engineer would build from the two strong
 baselines; they compose a BM25Ranker and a SASRecRanker and have one knob each (w, N), chosen on
