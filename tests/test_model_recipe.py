@@ -204,3 +204,12 @@ def test_minute_validations_keep_their_grid_across_epoch_rows():
     assert not _crossed(st, 15)
     st["train_seconds"] = 30.2 * 60
     assert _crossed(st, 15)
+
+
+def test_single_task_models_are_validated_on_their_task_only():
+    from gensar.stages.train import validated_behaviors
+
+    assert validated_behaviors({"rec": 1.0, "search": 1.0, "query": 0.3}) == {"rec", "search"}
+    assert validated_behaviors({"rec": 1.0, "search": 0.0, "align": 0.3}) == {"rec"}
+    assert validated_behaviors({"search": 1.0, "query": 0.3}) == {"search"}
+    assert validated_behaviors({"align": 1.0}) == {"rec", "search"}

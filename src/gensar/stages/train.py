@@ -43,6 +43,12 @@ from gensar.stages.identifiers import load_model as load_rqvae
 logger = logging.getLogger(__name__)
 
 
+def validated_behaviors(tasks: dict[str, float]) -> set[str]:
+    """The behaviors a model is validated (and its best checkpoint selected) on: those it is trained
+    for. A rec-only model is not judged on search, a search-only one not on rec."""
+    return {b for b in ("rec", "search") if tasks.get(b, 0) > 0} or {"rec", "search"}
+
+
 def _code_version() -> str:
     """Hash of the model package's sources (trainer, examples, prompts, T5, tokenizer): a checkpoint
     written by other training code is not resumed, as `dvc repro` would not reuse its output."""
@@ -103,6 +109,7 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
         builder = ExampleBuilder(events, items, idmap, cfg)
         users = sample_users(events, cfg.eval_users, cfg.seed, "valid")
         valid = eval_requests(events, "valid", users)
+        valid = [r for r in valid if r.behavior in validated_behaviors(cfg.tasks)]
 
         if d.main:
             ckpt.mkdir(parents=True, exist_ok=True)
