@@ -1,86 +1,23 @@
 """ONNX export of a tiny randomly initialised GenSAR T5: graphs, numerics, the serving folder, the stage.
 
-`tiny_world` builds the real components at tiny size (tokenizer trained on the items' text,
-identifier map with shared + specific + disambiguation codes, T5 from `gensar.model.t5`), saved in
-the same layout as the pipeline's `models/t5`, `models/ids`, `prepared/canonical`. The serve tests
-import it from here.
+`tiny_world` (conftest.py) builds the real components at tiny size (tokenizer trained on the items'
+text, identifier map with shared + specific + disambiguation codes, T5 from `gensar.model.t5`), saved
+in the same layout as the pipeline's `models/t5`, `models/ids`, `prepared/canonical`.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import random
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pandas as pd
 import pytest
 import torch
+from conftest import tiny_world
 
-from gensar.config import ModelConfig, Params, TrainConfig, to_dict
+from gensar.config import Params
 from gensar.export.onnx import export_onnx, verify
-from gensar.model.prompts import IdentifierMap
-
-WORDS = ["desk", "lamp", "paper", "pen", "stapler", "ink", "toner", "chair", "folder", "binder", "label", "tape", "marker", "notebook", "envelope", "calculator", "clip", "eraser", "ruler", "scissors"]
-
-
-def _identifiers(rng: np.random.Generator, n: int, codebook: int) -> list[list[int]]:
-    """2 shared + 2 specific codes and a disambiguation code that makes every identifier unique."""
-    codes = rng.integers(0, codebook, size=(n, 4)).tolist()
-    seen: dict[tuple, int] = {}
-    out = []
-    for c in codes:
-        d = seen.get(tuple(c), 0)
-        seen[tuple(c)] = d + 1
-        out.append(c + [d])
-    return out
-
-
-def tiny_world(root, n_items: int = 120, codebook: int = 6, seed: int = 0) -> dict:
-    """models/t5, models/ids and prepared/canonical/items.parquet of a random tiny GenSAR under `root`."""
-    from gensar.model.t5 import build_model, save_model
-    from gensar.model.tokenizer import train_tokenizer
-
-    rng = np.random.default_rng(seed)
-    item_ids = [f"it{i:03d}" for i in range(n_items)]
-    titles = [" ".join(rng.choice(WORDS, size=3)) + f" model {i}" for i in range(n_items)]
-    sid = _identifiers(rng, n_items, codebook)
-    cid = [s[:2] + c for s, c in zip(sid, (x[:2] for x in _identifiers(rng, n_items, codebook)))]
-    cid = [c + [0] for c in cid]
-    seen: dict[tuple, int] = {}
-    for c in cid:                         # disambiguate the CIDs too
-        c[4] = seen.get(tuple(c[:4]), 0)
-        seen[tuple(c[:4])] = c[4] + 1
-    ids_dir, model_dir, canonical = root / "models" / "ids", root / "models" / "t5", root / "prepared" / "canonical"
-    for d in (ids_dir, model_dir, canonical):
-        d.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"item_id": item_ids, "sid": sid, "cid": cid}).to_parquet(ids_dir / "identifiers.parquet")
-    meta = {"sid_kinds": ["h", "h", "s", "s", "d"], "cid_kinds": ["h", "h", "c", "c", "d"],
-            "codebook_size": codebook, "disambiguation_size": 4, "mode": "gensar"}
-    (ids_dir / "meta.json").write_text(json.dumps(meta))
-    items = pd.DataFrame({"item_id": item_ids, "title": titles})
-    items.to_parquet(canonical / "items.parquet")
-
-    ids = IdentifierMap.load(ids_dir)
-    tok = train_tokenizer(titles + WORDS, ids.tokens(), vocab_size=200)
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(size="tiny", dropout=0.0), len(tok), tok.pad_token_id, tok.eos_token_id)
-    save_model(model, tok, model_dir, {"train": to_dict(TrainConfig()), "data_version": "tiny-test"})
-    return {"root": root, "model": model.eval(), "tokenizer": tok, "ids": ids, "items": items,
-            "model_dir": model_dir, "ids_dir": ids_dir, "canonical": canonical}
-
-
-def random_events(rng: random.Random, item_ids, n: int) -> list[tuple]:
-    """A history of `n` events, mixing recommendation clicks and search sessions."""
-    out = []
-    for _ in range(n):
-        item = rng.choice(item_ids)
-        if rng.random() < 0.5:
-            out.append(("rec", item, None))
-        else:
-            out.append(("search", item, " ".join(rng.sample(WORDS, 2))))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import torch
+from conftest import WORDS, exported_world
 from fastapi.testclient import TestClient
-from test_export_onnx import WORDS, tiny_world
 
-from gensar.config import Params, ServeConfig
+from gensar.config import ServeConfig
 from gensar.serve.app import create_app
 from gensar.serve.runtime import Runtime
 
@@ -24,14 +23,7 @@ CFG = ServeConfig(beams=10, max_k=10, max_batch=8, max_wait_ms=5.0)
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    from gensar.stages.export import run
-
-    torch.set_num_threads(2)
-    world = tiny_world(tmp_path_factory.mktemp("app"), n_items=80)
-    out = world["root"] / "models" / "onnx"
-    run(Params(), model=world["model_dir"], ids=world["ids_dir"], canonical=world["canonical"], out=out)
-    world["out"] = out
-    return world
+    return exported_world(tmp_path_factory.mktemp("app"), n_items=80)
 
 
 @pytest.fixture(scope="module")

@@ -2,22 +2,15 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from test_export_onnx import tiny_world
+from conftest import exported_world
 
 from gensar.cli import main, parse_history
-from gensar.config import Params
 
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    from gensar.stages.export import run
-
-    torch.set_num_threads(2)
-    world = tiny_world(tmp_path_factory.mktemp("cli"), n_items=60)
-    out = world["root"] / "models" / "onnx"
-    run(Params(), model=world["model_dir"], ids=world["ids_dir"], canonical=world["canonical"], out=out)
-    return world, out
+    world = exported_world(tmp_path_factory.mktemp("cli"), n_items=60)
+    return world, world["out"]
 
 
 def test_parse_history():

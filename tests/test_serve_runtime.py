@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from test_export_onnx import WORDS, random_events, tiny_world
+from conftest import WORDS, exported_world, random_events, tiny_world
 
 from gensar.config import Params, TrainConfig
 from gensar.model.generate import GenSARModel
@@ -19,12 +19,8 @@ BEAMS = 20
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from gensar.stages.export import run
-
-    torch.set_num_threads(2)
-    world = tiny_world(tmp_path_factory.mktemp("serve"), n_items=150)
-    out = world["root"] / "models" / "onnx"
-    run(Params(), model=world["model_dir"], ids=world["ids_dir"], canonical=world["canonical"], out=out)
+    world = exported_world(tmp_path_factory.mktemp("serve"), n_items=150)
+    out = world["out"]
     world["runtime"] = Runtime.load(out, beams=BEAMS)
     world["reference"] = GenSARModel(world["model"], world["tokenizer"], world["ids"], beams=BEAMS)
     return world
