@@ -13,7 +13,7 @@ from prefect.cache_policies import NONE
 
 from gensar.config import load_params
 from gensar.data.snapshot import BatchError, add_batch, make_snapshot
-from gensar.stages.validate import rejected_report_path
+from gensar.stages.validate import data_docs_path, rejected_report_path
 from tasks import notify, run_logger
 from tasks.stages import call_stage_main, stage_argv
 
@@ -84,9 +84,15 @@ def validate_batch(repo: str, batch: str, name: str, params: str = "params.yaml"
             error = f"validate: {report.get('error') or 'the validation report says success=false'}"
         if error is None:
             error, summaries["batch_rows"] = _batch_bad_rows(repo, scratch, name, params)
+        docs = data_docs_path(scratch / "reports" / "validation.json")
+        kept = repo / "reports" / "batch-validation" / name
+        if docs.is_dir():                      # the scratch copy goes away: keep its data docs
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(docs, kept)
         create_markdown_artifact(
-            _batch_markdown(batch, name, error, report, summaries), key="batch-validation",
-            description=f"validation of batch {name}")
+            _batch_markdown(batch, name, error, report, summaries)
+            + (f"\nGreat Expectations data docs: file://{kept / 'index.html'}\n" if docs.is_dir() else ""),
+            key="batch-validation", description=f"validation of batch {name}")
         if error:
             log.error("validate-batch: batch %s is INVALID, nothing changed: %s", batch, error)
             notify("gensar.batch.rejected", repo, {"batch": str(batch), "name": name, "error": error[:2000]})

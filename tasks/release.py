@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
 from gensar.config import load_params
@@ -106,6 +106,10 @@ def report(repo: str, stage_runs: list[dict]) -> None:
                 json.loads(eval_path.read_text()), (record.get("metrics") or {}).get("eval"),
                 published_version=record.get("version")),
             key="metrics", description="model x metric tables per task and protocol (metrics/eval.json)")
+    docs = repo / "reports" / "validation-docs" / "index.html"
+    if docs.exists():
+        create_link_artifact(f"file://{docs}", link_text="Great Expectations data docs of the last validation",
+                             key="data-docs", description="reports/validation-docs/ (one page per suite)")
     history = repo / "models" / "t5" / "history.json"
     if history.exists():
         create_markdown_artifact(training_markdown(json.loads(history.read_text())), key="training-curve",

@@ -164,6 +164,10 @@ def test_bad_rows_are_quarantined_with_reasons(tmp_path, params):
     report = json.loads((tmp_path / "v.json").read_text())
     assert report["success"] and report["quarantine"]["rows"] == 8
     assert all(r["success"] for r in report["ingested"]["interactions"])    # structure is fine
+    docs = (tmp_path / "v-docs" / "index.html").read_text()                 # GX data docs beside the report
+    assert 'href="interactions-rows.html"' in docs
+    page = (tmp_path / "v-docs" / "interactions-rows.html").read_text()
+    assert "_item_known" in page and "unexpected" in page.lower()
     failed = {r["reason"]: r["result"]["unexpected_count"] for t in ("items", "interactions")
               for r in report["rows"][t] if not r["success"]}
     assert failed == {"empty text": 1, "unknown behavior": 1, "unknown item": 1,   # GX saw the same bad rows

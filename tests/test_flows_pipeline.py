@@ -76,7 +76,7 @@ def test_rerun_with_nothing_new_skips_every_stage(trained):
     assert seconds < 60
     arts = artifacts_of(state)
     assert "skipped" in json.dumps(arts["stages"])
-    assert {"metrics", "identifier-report", "data-statistics", "training-curve"} <= set(arts)
+    assert {"metrics", "identifier-report", "data-statistics", "training-curve", "data-docs"} <= set(arts)
     assert "| model |" in arts["metrics"] and "| validation |" in arts["training-curve"]
     # the run page draws the pipeline: each stage task waits for the stage before it
     runs = {r.name: r for r in task_runs_of(state)}
@@ -127,6 +127,7 @@ def test_invalid_batch_fails_before_training_and_changes_nothing(trained, tmp_pa
     artifact = artifacts_of(state)["batch-validation"]
     assert "## Why" in artifact and "| unknown item |" in artifact       # the reasons, with examples
     assert "Examples of `unknown item`" in artifact and "ghost_" in artifact
+    assert "Great Expectations data docs: file://" in artifact
     assert snapshot_hashes(repo) == before and (repo / "dvc.lock").read_text() == lock
     assert not (repo / "data" / "batches").exists()
 

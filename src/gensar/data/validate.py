@@ -20,10 +20,12 @@ a text made only of them is empty and quarantined.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,6 +33,7 @@ import pandas as pd
 from gensar.config import ValidateConfig
 from gensar.data.contract import BEHAVIORS, SOURCE_COLUMNS, SPLITS, DataError, Tables, examples
 from gensar.data.split import assign_splits
+from gensar.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +76,37 @@ def _context():
     return _CONTEXT
 
 
+_DOCS: dict[str, str] | None = None     # suite name -> its data docs page, inside `collect_data_docs`
+
+
+@contextlib.contextmanager
+def collect_data_docs():
+    """Inside the block every suite that `run_suite` validates is also rendered as a Great Expectations
+    data docs page (GX's own renderer); yields {suite name: HTML}, filled as suites run."""
+    global _DOCS
+    _DOCS = {}
+    try:
+        yield _DOCS
+    finally:
+        _DOCS = None
+
+
+def write_data_docs(pages: dict[str, str], folder) -> Path:
+    """The pages in `folder` (swapped in whole) with an index.html linking them; returns the index."""
+    from html import escape
+
+    folder = Path(folder)
+    with atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        links = []
+        for name, html in pages.items():
+            (tmp / f"{name}.html").write_text(html)
+            links.append(f'<li><a href="{escape(name)}.html">{escape(name)}</a></li>')
+        (tmp / "index.html").write_text("<!doctype html><title>GenSAR validation</title><h1>Great Expectations "
+                                        "data docs of the last validation</h1><ul>" + "".join(links) + "</ul>\n")
+    return folder / "index.html"
+
+
 def run_suite(df: pd.DataFrame, name: str, expectations: list) -> list[dict]:
     """Validate `df` against `expectations`; one dict per expectation, in the order given.
 
@@ -89,6 +123,11 @@ def run_suite(df: pd.DataFrame, name: str, expectations: list) -> list[dict]:
     batch = source.add_dataframe_asset(asset_name).add_batch_definition_whole_dataframe("all") \
         .get_batch(batch_parameters={"dataframe": df})
     result = batch.validate(suite)
+    if _DOCS is not None:
+        from great_expectations.render.renderer import ValidationResultsPageRenderer
+        from great_expectations.render.view import DefaultJinjaPageView
+
+        _DOCS[name] = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
     # GX does not keep the suite's order in its results: put them back in the order given
     order = {_key(e.configuration): i for i, e in enumerate(expectations)}
     out = [None] * len(expectations)

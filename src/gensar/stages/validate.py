@@ -5,7 +5,8 @@ quarantined with a reason, and the stage fails when their share exceeds
 `validate.max_bad_row_share`; exact duplicate events are collapsed (quarantined, counted apart). The
 stage also fails on empty interactions and when users, items or events drop by more than
 `validate.max_drop_share` against the canonical tables it would replace (kept by DVC: `persist`).
-A failed validation writes its reasons and examples to `reports/validation.rejected.json`. Every output is written only after all checks passed, each one
+A failed validation writes its reasons and examples to `reports/validation.rejected.json`; every
+validation renders its Great Expectations suites as data docs in `reports/validation-docs/`. Every output is written only after all checks passed, each one
 atomically, so a failing run leaves the previous outputs untouched.
 """
 from __future__ import annotations
@@ -19,7 +20,13 @@ from pathlib import Path
 from gensar.config import Params, load_params
 from gensar.data.contract import TABLES, DataError, Tables
 from gensar.data.stats import dataset_stats
-from gensar.data.validate import check_no_large_drop, table_counts, validate_tables
+from gensar.data.validate import (
+    check_no_large_drop,
+    collect_data_docs,
+    table_counts,
+    validate_tables,
+    write_data_docs,
+)
 from gensar.io import atomic_path, write_json, write_parquet
 from gensar.logs import setup_logging
 
@@ -32,18 +39,22 @@ def run(params: Params, ingested: str = "prepared/ingested", out: str = "prepare
     """Validate the ingested tables, split them, write canonical tables; returns the statistics."""
     t0 = time.perf_counter()
     rejected = rejected_report_path(report)
-    try:
-        tables = Tables.read(ingested)
-        files = {name: str(Path(ingested) / f"{name}.parquet") for name in TABLES}
-        canonical, bad_rows, result = validate_tables(tables, params.validate, files)
-        if (Path(out) / "interactions.parquet").exists():  # the tables this run would replace
-            result["drop_vs_previous"] = check_no_large_drop(
-                table_counts(canonical), table_counts(Tables.read(out)), params.validate.max_drop_share,
-                files["interactions"])
-    except DataError as e:  # the previous outputs stay; the reasons go to a report of their own
-        write_json({"success": False, "error": str(e), "ingested": str(ingested), **e.details,
-                    "rejected_at": datetime.now(UTC).isoformat(timespec="seconds")}, rejected)
-        raise
+    docs = data_docs_path(report)
+    with collect_data_docs() as pages:
+        try:
+            tables = Tables.read(ingested)
+            files = {name: str(Path(ingested) / f"{name}.parquet") for name in TABLES}
+            canonical, bad_rows, result = validate_tables(tables, params.validate, files)
+            if (Path(out) / "interactions.parquet").exists():  # the tables this run would replace
+                result["drop_vs_previous"] = check_no_large_drop(
+                    table_counts(canonical), table_counts(Tables.read(out)), params.validate.max_drop_share,
+                    files["interactions"])
+        except DataError as e:  # the previous outputs stay; the reasons go to a report of their own
+            write_json({"success": False, "error": str(e), "ingested": str(ingested), **e.details,
+                        "data_docs": str(write_data_docs(pages, docs)) if pages else None,
+                        "rejected_at": datetime.now(UTC).isoformat(timespec="seconds")}, rejected)
+            raise
+        write_data_docs(pages, docs)      # browsable beside the report (not a DVC output)
     rejected.unlink(missing_ok=True)
     data_stats = dataset_stats(canonical)
     data_stats["quarantined_rows"] = len(bad_rows)
@@ -57,6 +68,13 @@ def run(params: Params, ingested: str = "prepared/ingested", out: str = "prepare
                 ingested, time.perf_counter() - t0, data_stats["users"], data_stats["items"],
                 data_stats["events"], len(bad_rows), out)
     return data_stats
+
+
+def data_docs_path(report: str | Path) -> Path:
+    """Where the Great Expectations data docs of a validation go: `reports/validation.json` ->
+    `reports/validation-docs/` (index.html)."""
+    report = Path(report)
+    return report.with_name(f"{report.stem}-docs")
 
 
 def rejected_report_path(report: str | Path) -> Path:
