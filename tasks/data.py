@@ -84,7 +84,9 @@ def validate_batch(repo: str, batch: str, name: str, params: str = "params.yaml"
             error = f"validate: {report.get('error') or 'the validation report says success=false'}"
         if error is None:
             error, summaries["batch_rows"] = _batch_bad_rows(repo, scratch, name, params)
-        docs = data_docs_path(scratch / "reports" / "validation.json")
+        validation = scratch / "reports" / "validation.json"
+        docs = data_docs_path(rejected_report_path(validation))        # a failed validation's docs
+        docs = docs if docs.is_dir() else data_docs_path(validation)
         kept = repo / "reports" / "batch-validation" / name
         if docs.is_dir():                      # the scratch copy goes away: keep its data docs
             shutil.rmtree(kept, ignore_errors=True)

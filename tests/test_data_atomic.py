@@ -45,7 +45,9 @@ def test_failed_runs_leave_previous_outputs_untouched(tmp_path, params):
         validate.run(strict, work / "prepared/ingested", **paths)
     rejected = _snapshot(work).pop("reports/validation.rejected.json")   # the reasons, beside the good report
     assert b"unknown item" in rejected
-    assert {k: v for k, v in _snapshot(work).items() if k != "reports/validation.rejected.json"} == after_ingest
+    assert (work / "reports/validation.rejected-docs/index.html").exists()   # and its data docs, apart
+    assert {k: v for k, v in _snapshot(work).items() if not k.startswith("reports/validation.rejected")} \
+        == after_ingest
     for key in ("prepared/canonical/items.parquet", "prepared/quarantine.parquet",
                 "reports/validation.json", "metrics/data.json", "models/model.pt"):
         assert after_ingest[key] == before[key]

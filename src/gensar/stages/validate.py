@@ -51,7 +51,7 @@ def run(params: Params, ingested: str = "prepared/ingested", out: str = "prepare
                     files["interactions"])
         except DataError as e:  # the previous outputs stay; the reasons go to a report of their own
             write_json({"success": False, "error": str(e), "ingested": str(ingested), **e.details,
-                        "data_docs": str(write_data_docs(pages, docs)) if pages else None,
+                        "data_docs": str(write_data_docs(pages, data_docs_path(rejected))) if pages else None,
                         "rejected_at": datetime.now(UTC).isoformat(timespec="seconds")}, rejected)
             raise
         write_data_docs(pages, docs)      # browsable beside the report (not a DVC output)
