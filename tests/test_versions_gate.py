@@ -117,3 +117,11 @@ def test_training_markdown_has_one_row_per_validation_and_marks_the_best():
     md = training_markdown(rows).splitlines()
     assert md[4] == "| 0 | 1.0 | 10 | 3.0000 | 0.0500 | 0.1500 |  |"
     assert md[5] == "| 1 | 2.0 | 20 | 2.0000 | 0.1000 | 0.3000 | **best** |"
+
+
+def test_z_zero_or_no_standard_errors_leave_the_tolerance_alone():
+    """A negative tolerance (demand an improvement) is not relaxed to 0 by the noise rule."""
+    demand = GateConfig(metrics=("rec/sampled/ndcg@10",), tolerance=-1.0, z=0.0)
+    same = {"rec/sampled/ndcg@10": 0.4, "se/rec/sampled/ndcg@10": 0.01}
+    result = gate(same, same, demand, 1)
+    assert not result.passed and result.rows[0].allowed == -1.0

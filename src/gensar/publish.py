@@ -200,8 +200,9 @@ def gate(candidate: dict[str, float], published: dict[str, float] | None, cfg: G
             continue
         delta = cand - pub
         se_c, se_p = lookup(candidate, "se/" + name), lookup(published, "se/" + name)
-        noise = cfg.z * math.hypot(se_c, se_p) if se_c is not None and se_p is not None else 0.0
-        allowed = max(cfg.tolerance, noise)
+        allowed = cfg.tolerance
+        if cfg.z > 0 and se_c is not None and se_p is not None:   # the noise of the test sample
+            allowed = max(allowed, cfg.z * math.hypot(se_c, se_p))
         rows.append(GateRow(name, cand, pub, delta, cand >= pub - allowed, allowed))
     if published is None:
         published_version = None

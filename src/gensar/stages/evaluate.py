@@ -106,7 +106,7 @@ def main(argv=None) -> dict:
                   sasrec=args.sasrec, candidates=args.candidates, out=args.out,
                   embeddings=args.embeddings, report=args.report)
     for name, m in summary["metrics"].items():
-        print(name, {k: round(v, 4) for k, v in m.items()})
+        print(name, {k: round(v, 4) for k, v in m.items() if isinstance(v, float)})   # (not the "se" block)
     return summary
 
 
