@@ -43,8 +43,13 @@ def text_key(model: str, text: str) -> str:
     return hashlib.sha1(f"{model}\0{text}".encode()).hexdigest()
 
 
+# how vectors are computed (`encode_texts`); a cache written another way is not reused: version 2 =
+# batches of one token count and a fixed row count (version 1 padded batches changed the last bits)
+ENCODING_VERSION = 2
+
+
 def _cache_file(cache_dir: Path, model: str) -> Path:
-    return cache_dir / f"{hashlib.sha1(model.encode()).hexdigest()[:16]}.npz"
+    return cache_dir / f"{hashlib.sha1(model.encode()).hexdigest()[:16]}-v{ENCODING_VERSION}.npz"
 
 
 def load_cache(cache_dir: str | Path, model: str) -> dict[str, np.ndarray]:
