@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from gensar.config import DataConfig
-from gensar.io import atomic_path
+from gensar.io import atomic_path, file_hash
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,7 @@ def content_hash(path: str | Path) -> str:
          if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)]
     h = hashlib.sha256()
     for rel, p in files:
-        h.update(rel.encode() + b"\0")
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        h.update(b"\0")
+        h.update(f"{rel}\0{file_hash(p, length=64)}\0".encode())
     return h.hexdigest()
 
 

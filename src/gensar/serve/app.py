@@ -282,16 +282,20 @@ def create_app(export_dir: str | Path = "models/onnx", cfg: ServeConfig | None =
             raise HTTPException(422, str(e)) from None
         return events
 
-    async def answer(kind: str, req: RecommendRequest, query: str | None) -> Response:
+    async def decode(kind: str, req: RecommendRequest, query: str | None = None):
+        """Check the request and decode it through the batcher: (its result, milliseconds)."""
         t0 = time.perf_counter()
         events = check(req, query)
         try:
-            hits = await batcher.submit(kind, query, events, req.k)
+            out = await batcher.submit(kind, query, events, req.k)
         except RequestFailed as e:
             raise HTTPException(500, str(e)) from None
+        return out, round(1e3 * (time.perf_counter() - t0), 3)
+
+    async def answer(kind: str, req: RecommendRequest, query: str | None) -> Response:
+        hits, ms = await decode(kind, req, query)
         return Response(items=[Item(item_id=h.item_id, title=h.title, score=h.score) for h in hits],
-                        user_id=req.user_id, model_version=model_version,
-                        latency_ms=round(1e3 * (time.perf_counter() - t0), 3))
+                        user_id=req.user_id, model_version=model_version, latency_ms=ms)
 
     @app.post("/recommend", response_model=Response)
     async def recommend(req: RecommendRequest) -> Response:
@@ -305,14 +309,8 @@ def create_app(export_dir: str | Path = "models/onnx", cfg: ServeConfig | None =
 
     @app.post("/suggest", response_model=SuggestResponse)
     async def suggest(req: RecommendRequest) -> SuggestResponse:
-        t0 = time.perf_counter()
-        events = check(req)
-        try:
-            text = await batcher.submit("suggest", None, events, req.k)
-        except RequestFailed as e:
-            raise HTTPException(500, str(e)) from None
-        return SuggestResponse(query=text, user_id=req.user_id, model_version=model_version,
-                               latency_ms=round(1e3 * (time.perf_counter() - t0), 3))
+        text, ms = await decode("suggest", req)
+        return SuggestResponse(query=text, user_id=req.user_id, model_version=model_version, latency_ms=ms)
 
     @app.get("/health")
     async def health() -> dict:
