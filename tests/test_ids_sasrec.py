@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from gensar.config import CollabConfig, Params
-from gensar.ids.sasrec import (
+from gensar.ids.sasrec import load_sasrec
+from gensar.ids.sasrec_train import (
     eval_cases,
     evaluate_full_ranking,
     full_ranking_metrics,
-    load_sasrec,
     train_sasrec,
     train_sequences,
     user_timelines,

@@ -12,7 +12,9 @@ from conftest import WORDS, exported_world, random_events, tiny_world
 from gensar.config import Params, TrainConfig
 from gensar.model.generate import GenSARModel
 from gensar.model.trie import IdentifierTrie
-from gensar.serve.runtime import Runtime, TrieTables, UnknownItemsError, best_candidates, choose_providers
+from gensar.serve.beam import best_candidates
+from gensar.serve.runtime import Runtime, UnknownItemsError
+from gensar.serve.session import choose_providers
 
 BEAMS = 20
 
@@ -35,29 +37,6 @@ def _requests(world, n: int, seed: int = 0):
 
 
 # --------------------------------------------------------------------------------------------
-def test_trie_tables_agree_with_identifier_trie():
-    rng = np.random.default_rng(0)
-    seqs = np.unique(rng.integers(10, 16, size=(200, 3)), axis=0)
-    names = [f"i{j}" for j in range(len(seqs))]
-    tables, trie = TrieTables(seqs, names), IdentifierTrie(seqs.tolist(), names)
-    for seq, name in zip(seqs[:40], names[:40]):
-        node, ref = np.zeros(1, dtype=np.int64), 0
-        for t, tok in enumerate(seq):
-            allowed = tables.vocab[t][tables.allowed(t, node[0])]
-            assert allowed.tolist() == trie.allowed(ref).tolist()
-            node = tables.child(t, node, np.searchsorted(tables.vocab[t], [tok]))
-            ref = trie.step(ref, tok)
-        assert tables.leaf_item[node[0]] == name
-    # a token the node does not allow leads to the dead node, which allows nothing
-    nodes, banned = np.nonzero(~tables.allowed(2, np.arange(tables.n_nodes[2])))     # (node, token) pairs not in the trie
-    assert len(nodes) > 0
-    dead = tables.child(2, nodes[:1], banned[:1])
-    assert dead[0] == tables.dead(3) and tables.leaf_item[dead[0]] is None
-    assert not tables.allowed(2, tables.dead(2)).any()                                  # the dead node allows nothing
-    with pytest.raises(ValueError, match="names 2 items"):
-        TrieTables(np.array([[1, 2], [1, 2]]), ["a", "b"])
-
-
 def test_best_candidates_equal_a_full_sort():
     """The top-k over the allowed (row, token) pairs only == sorting every allowed candidate of each
     request; a request with fewer allowed candidates than k is padded with -inf (dead beams)."""

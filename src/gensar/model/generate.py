@@ -96,11 +96,8 @@ class GenSARModel:
 
         def allowed(batch_id: int, prefix: torch.Tensor) -> list[int]:
             # prefix: (t,) decoder ids so far, starting with the decoder start token
-            node = tries[batch_id].walk(prefix[1:].tolist())
-            if node < 0:
-                return [eos]             # finished (EOS emitted) or padding: nothing else valid
-            nxt = tries[batch_id].allowed(node)
-            return nxt.tolist() if len(nxt) else [eos]
+            nxt = tries[batch_id].allowed_after(prefix[1:].tolist())
+            return nxt or [eos]          # complete, finished (EOS emitted) or padding: only EOS
 
         enc = self.tokenizer(list(sources), return_tensors="pt", padding=True, truncation=True,
                              max_length=self.cfg.max_input_tokens).to(self.device)

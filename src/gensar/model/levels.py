@@ -146,9 +146,9 @@ class LevelTrieProcessor(LogitsProcessor):
         mask = torch.zeros_like(scores, dtype=torch.bool)
         prefixes = input_ids[:, 1:].tolist()
         for row, prefix in enumerate(prefixes):
-            node = self.tries[row // self.beams].walk(prefix)
-            if node >= 0:
-                mask[row, torch.as_tensor(self.tries[row // self.beams].allowed(node), dtype=torch.long)] = True
+            allowed = self.tries[row // self.beams].allowed_after(prefix)
+            if allowed:
+                mask[row, torch.as_tensor(allowed, dtype=torch.long)] = True
         out[:, toks] = level
         out = out.masked_fill(~mask, float("-inf"))
         dead = ~mask.any(1)              # finished or invalid prefix: only EOS, as the trie rule of `full`

@@ -1,28 +1,11 @@
 """Serving runtime: the exported GenSAR model on onnxruntime, with constrained beam search in numpy.
 
-Same answers as the PyTorch path (`gensar.model.generate.GenSARModel`, HF `generate` with a trie
-`prefix_allowed_tokens_fn`), computed with much less work per step:
-
-- the encoder runs once per request and also returns every decoder layer's cross-attention K/V;
-- the decoder runs one token per beam per step with a KV cache (no re-run over the prefix);
-- `normalize="full"` (default) runs `decoder_lse.onnx`: log_softmax over the whole vocabulary, read
-  at the trie's tokens of this depth, so scores are exactly HF's (log_softmax, then the constraint
-  mask); `normalize="allowed"` runs `decoder.onnx`, which is handed the gathered output-embedding
-  columns W_t [D, V_t] of the trie's tokens (V_t ~ codebook size, not the vocabulary) and the
-  allowed mask, and renormalises over the allowed tokens only: it never touches the [D, vocab]
-  matrix (the compute floor of constrained decoding), at the price of scores (and sometimes
-  rankings) that differ from HF's;
-- the trie is a dense child table per depth: one lookup gives every beam's allowed tokens and,
-  after the top-k (over the allowed candidates only), its next node.
-
-Beam search (per request, N beams, identifier depth L, scores are summed log-probabilities):
-
-    step 0:   1 row per request (the decoder start token), cache empty
-    step t:   cand[b, (beam, tok)] = score[beam] + logp[beam, tok]   for tok allowed by the beam's trie node
-              keep the best N candidates of each request; reorder the KV cache by the chosen beams
-    step L:   (meta `score_eos`, default) add log p(EOS | identifier), as the PyTorch path scores the
-              EOS it forces after a complete identifier
-    result:   the N leaves sorted by score, top k
+Same answers as the PyTorch path (`gensar.model.generate.GenSARModel`, HF `generate` with the
+trie constraint), computed with much less work per step: the sessions (`gensar.serve.session`) run
+the encoder once per request and the decoder one token per beam with a KV cache; the beam search
+(`gensar.serve.beam`) looks every beam up at once in the trie's dense tables
+(`gensar.model.trie`). This module is the product API on top: prompts, tokenizer, identifier map,
+titles, and the requests.
 
     rt = Runtime.load("models/onnx")
     rt.recommend(history, k=10)          -> [Hit(item_id, title, score), ...] best first
@@ -43,15 +26,16 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gensar.model.trie import IdentifierTrie
+from gensar.serve.beam import NORMALIZE, beam_search
+from gensar.serve.session import OnnxSeq2Seq
+
 logger = logging.getLogger(__name__)
 
 # the graphs' interface (gensar.export.onnx writes it into meta.json; defined here so serving needs no torch)
 # /2: fused-kernel graphs whose decoder steps return log-probs of the requested tokens
 # /3: generation settings also say how histories render twins and which scores the model was trained on
 EXPORT_FORMAT = "gensar-onnx/3"
-# full: HF's whole-vocabulary log-softmax | allowed: over the trie's allowed tokens | level: over each
-# identifier level's codes (models trained with train.id_loss: level); auto: what the export says
-NORMALIZE = ("full", "allowed", "level")
 
 
 class Hit(NamedTuple):
@@ -70,244 +54,6 @@ class UnknownItemsError(ValueError):
         super().__init__(f"unknown item ids in history: {shown}{more}")
 
 
-# --------------------------------------------------------------------------------------------
-# onnxruntime sessions
-# --------------------------------------------------------------------------------------------
-def choose_providers(provider: str = "auto") -> list[str]:
-    """Execution providers, explicit: CUDA when onnxruntime-gpu and a GPU are there, else CPU.
-
-    provider: auto | cpu | cuda ('cuda' fails loudly when CUDA cannot be used).
-    """
-    import onnxruntime as ort
-
-    if provider not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"serve.provider must be auto, cpu or cuda, got {provider!r}")
-    available = ort.get_available_providers()
-    if provider != "cpu" and "CUDAExecutionProvider" in available and _gpu_present():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if provider == "cuda":
-        raise RuntimeError(f"serve.provider=cuda but CUDA cannot be used (onnxruntime providers: {available}, "
-                           f"GPU present: {_gpu_present()}); install the `gpu` extra on a GPU machine")
-    return ["CPUExecutionProvider"]
-
-
-def _gpu_present() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover - torch is a dependency, but the runtime does not need it
-        return Path("/dev/nvidiactl").exists()
-
-
-class OnnxSeq2Seq:
-    """The graphs of an export (see gensar.export.onnx) and the output embedding."""
-
-    def __init__(self, export_dir: str | Path, provider: str = "auto", threads: int = 1, spin: bool = False):
-        import onnxruntime as ort
-
-        export_dir = Path(export_dir)
-        self.providers = choose_providers(provider)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = threads      # 0 = onnxruntime's default (all cores)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        # spinning worker threads cut latency on an idle machine but burn cores others need on a
-        # shared one (measured here: 3x slower with 2 spinning threads under load)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        self.sessions = {n: ort.InferenceSession(str(export_dir / f"{n}.onnx"), opts, providers=self.providers)
-                         for n in ("encoder", "decoder", "decoder_lse")}
-        used = self.sessions["decoder"].get_providers()
-        logger.info("runtime: onnxruntime %s, providers %s, %s threads%s", ort.__version__, used,
-                    threads or "all", ", spinning" if spin else "")
-        self.lm_head = np.load(export_dir / "lm_head.npy")                   # [V, D] float32
-        self.d_model = self.lm_head.shape[1]
-        dec_inputs = self.sessions["decoder"].get_inputs()
-        self.cross_names = [i.name for i in dec_inputs if i.name.startswith("cross_")]
-        self.past_names = [i.name for i in dec_inputs if i.name.startswith("past_")]
-        past_shape = next(i.shape for i in dec_inputs if i.name == self.past_names[0])
-        self.n_heads, self.d_kv = int(past_shape[1]), int(past_shape[3])
-
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
-        """Cross-attention K/V of every decoder layer, each [B, H, S, d_kv]."""
-        return self.sessions["encoder"].run(self.cross_names, {"input_ids": input_ids, "attention_mask": attention_mask})
-
-    def empty_cache(self, rows: int) -> list[np.ndarray]:
-        empty = np.zeros((rows, self.n_heads, 0, self.d_kv), dtype=np.float32)
-        return [empty] * len(self.past_names)
-
-    def step(self, tokens: np.ndarray, attention_mask: np.ndarray, cross: list[np.ndarray], past: list[np.ndarray],
-             token_ids: np.ndarray | None = None, token_weight: np.ndarray | None = None,
-             token_mask: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One decoder step for R rows: (log-probs [R, V_t], new caches [R, H, T+1, d_kv]).
-
-        token_ids [V_t]: HF's log-softmax over the whole vocabulary, read at these tokens
-        (decoder_lse.onnx); or token_weight [D, V_t] (their output-embedding columns) and
-        token_mask [R, V_t] (which of them each row may take): log-softmax over the allowed tokens
-        only (decoder.onnx; rows with nothing allowed come back as NaN).
-        """
-        feed = {"input_ids": tokens[:, None], "encoder_attention_mask": attention_mask,
-                **dict(zip(self.cross_names, cross)), **dict(zip(self.past_names, past))}
-        if token_ids is not None:
-            feed["token_ids"] = token_ids
-            logp, *present = self.sessions["decoder_lse"].run(None, feed)
-        else:
-            feed["token_weight"], feed["token_mask"] = token_weight, token_mask[:, None, :]
-            logp, *present = self.sessions["decoder"].run(None, feed)
-        return logp[:, 0], present
-
-
-# --------------------------------------------------------------------------------------------
-# the trie as per-depth tables (vectorised decoding)
-# --------------------------------------------------------------------------------------------
-class TrieTables:
-    """A prefix trie of fixed-length identifiers, as dense numpy tables per depth.
-
-    At depth t every trie node has a local index; `vocab[t]` are the token ids that occur at
-    position t of any identifier (the only tokens whose logits are ever needed there), and
-    `children[t][node, j]` is the node of depth t+1 reached from `node` by token `vocab[t][j]`, or
-    the "dead" node of depth t+1 when the trie does not allow that token. Each depth has one dead
-    node (index = number of nodes, its row all dead) for beams that ran out of valid continuations.
-    Leaves (depth L) are items. One table lookup per step gives every beam's allowed tokens and,
-    after the top-k, its children: no search in the decoding loop.
-    """
-
-    def __init__(self, sequences: np.ndarray, item_ids: Sequence[str]):
-        seqs = np.asarray(sequences, dtype=np.int64)
-        if seqs.ndim != 2 or len(seqs) != len(item_ids) or len(seqs) == 0:
-            raise ValueError(f"trie: need one fixed-length token sequence per item, got shape {seqs.shape} "
-                             f"for {len(item_ids)} items")
-        self.depth = seqs.shape[1]
-        self.vocab, self.children, self.n_nodes = [], [], []
-        node = np.zeros(len(seqs), dtype=np.int64)          # each item's trie node at depth t
-        n_nodes = 1
-        for t in range(self.depth):
-            vocab, tok = np.unique(seqs[:, t], return_inverse=True)
-            keys, child = np.unique(node * len(vocab) + tok, return_inverse=True)   # one key per child node
-            children = np.full((n_nodes + 1, len(vocab)), len(keys), dtype=np.int32)  # all dead ...
-            children[keys // len(vocab), keys % len(vocab)] = np.arange(len(keys))   # ... but the trie's edges
-            self.vocab.append(vocab)
-            self.children.append(children)
-            self.n_nodes.append(n_nodes)
-            node, n_nodes = child.reshape(-1), len(keys)
-        if n_nodes != len(seqs):
-            _, first, counts = np.unique(node, return_index=True, return_counts=True)
-            dup = first[counts > 1][0]
-            raise ValueError(f"trie: identifier {seqs[dup].tolist()} names {counts.max()} items, "
-                             f"e.g. {item_ids[dup]!r}")
-        self.leaf_item = np.empty(n_nodes + 1, dtype=object)
-        self.leaf_item[node] = [str(i) for i in item_ids]
-        self.leaf_item[n_nodes] = None
-
-    def __len__(self) -> int:
-        return len(self.leaf_item) - 1
-
-    def dead(self, t: int) -> int:
-        return self.n_nodes[t] if t < self.depth else len(self.leaf_item) - 1
-
-    def allowed(self, t: int, node: np.ndarray) -> np.ndarray:
-        """[..., |vocab[t]|] bool: the tokens of depth t each node allows."""
-        return self.children[t][node] != self.dead(t + 1)
-
-    def child(self, t: int, node: np.ndarray, tok_local: np.ndarray) -> np.ndarray:
-        """Nodes at depth t+1 reached from `node` (depth t) along local token `tok_local`."""
-        return self.children[t][node, tok_local]
-
-
-# --------------------------------------------------------------------------------------------
-# constrained beam search
-# --------------------------------------------------------------------------------------------
-def best_candidates(allowed: np.ndarray, score: np.ndarray, logp: np.ndarray, b: int, keep: int):
-    """The `keep` best allowed (row, token) candidates of each of the b requests, best first.
-
-    allowed, logp [R, V_t] with R = b * per rows (a request's rows are contiguous); a candidate's
-    score is score[row] + logp[row, token]. Only the allowed pairs are scored and ranked (a
-    partition over the dense [per * V_t] row, mostly -inf ties, is 10x slower). Returns flat
-    (source row, local token, score) [b * keep]; a request with fewer allowed candidates than
-    `keep` is padded with its first row, token 0 and score -inf (dead beams).
-    """
-    v = allowed.shape[1]
-    flat = np.flatnonzero(allowed)                                    # row * V_t + token, grouped by request
-    values = logp.take(flat) + score[flat // v]
-    bounds = np.searchsorted(flat, np.arange(1, b) * (len(allowed) // b) * v) if b > 1 else ()
-    picked, picked_values = [], []
-    for i, (lo, hi) in enumerate(zip((0, *bounds), (*bounds, len(flat)))):
-        part = values[lo:hi]
-        best = np.argpartition(part, len(part) - keep)[len(part) - keep:] if len(part) > keep else np.arange(len(part))
-        best = best[np.argsort(-part[best], kind="stable")] + lo                # best first, as HF's topk
-        picked.append(flat[best])
-        picked_values.append(values[best])
-        if len(best) < keep:                                                    # dead beams
-            first_row = i * (len(allowed) // b)
-            picked.append(np.full(keep - len(best), first_row * v))
-            picked_values.append(np.full(keep - len(best), -np.inf, dtype=np.float32))
-    src, tok = np.divmod(np.concatenate(picked), v)
-    return src, tok, np.concatenate(picked_values)
-
-
-def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.ndarray, trie: TrieTables,
-                level_weights: list[np.ndarray] | None, num_beams: int, start_id: int, eos_id: int | None,
-                normalize: str = "full", code_weights: list[np.ndarray] | None = None,
-                code_index: list[np.ndarray] | None = None) -> list[list[tuple[str, float]]]:
-    """Best `num_beams` identifiers of `trie` for each of the B encoder inputs, best first.
-
-    level_weights[t] (`normalize="allowed"` only): output-embedding columns of trie.vocab[t] [D, V_t]. eos_id: score the EOS that follows a
-    complete identifier (as the PyTorch path does), None to skip it. `normalize="level"` (models
-    trained with `train.id_loss: level`): code_weights[t] [D, K] are the columns of every code of
-    depth t's level and code_index[t] [V_t] the position of each trie token among them; the
-    log-softmax runs over the K codes (the training distribution) and EOS is forced (log 1 = 0).
-    Returns per request a list of (item_id, summed log-probability); beams that found no valid
-    identifier are dropped.
-    """
-    if normalize not in NORMALIZE:
-        raise ValueError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
-    b = input_ids.shape[0]
-    full = normalize == "full"
-    cross = model.encode(input_ids, attention_mask)
-    past = model.empty_cache(b)
-    tokens = np.full(b, start_id, dtype=np.int64)
-    node = np.zeros(b, dtype=np.int64)                  # trie node of each row (depth t)
-    score = np.zeros(b, dtype=np.float32)               # summed log-probs of each row
-    per = 1                                             # rows per request (1 at step 0, then <= N)
-    for t in range(trie.depth):
-        vocab = trie.vocab[t]
-        allowed = trie.allowed(t, node)                                       # [R, V_t]
-        if full:
-            logp, present = model.step(tokens, attention_mask, cross, past, token_ids=vocab)
-        elif normalize == "level":
-            every = np.ones((len(tokens), code_weights[t].shape[1]), dtype=bool)
-            logp, present = model.step(tokens, attention_mask, cross, past, token_weight=code_weights[t],
-                                       token_mask=every)
-            logp = logp[:, code_index[t]]                                     # [R, V_t]
-        else:
-            logp, present = model.step(tokens, attention_mask, cross, past, token_weight=level_weights[t],
-                                       token_mask=allowed)
-        keep = min(num_beams, per * len(vocab))
-        src, tok_local, score = best_candidates(allowed, score, logp, b, keep)   # [B * keep] each
-        node = trie.child(t, node[src], tok_local)                            # dead where nothing was allowed
-        node[~np.isfinite(score)] = trie.dead(t + 1)
-        tokens = vocab[tok_local]
-        past = [p[src] for p in present]                                      # reorder the KV cache
-        per = keep
-    if eos_id is not None and full:
-        # score the EOS after the identifier too: add log p(EOS | identifier)
-        logp, _ = model.step(tokens, attention_mask, cross, past, token_ids=np.array([eos_id], dtype=np.int64))
-        score = score + logp[:, 0]
-    # (normalize="allowed" or "level": EOS is the only allowed token there, log 1 = 0)
-    score = score.reshape(b, per)
-    items = trie.leaf_item[node].reshape(b, per)
-    out = []
-    for i in range(b):
-        order = np.argsort(-score[i], kind="stable")
-        out.append([(items[i, j], float(score[i, j])) for j in order if np.isfinite(score[i, j])])
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# the product API
-# --------------------------------------------------------------------------------------------
 class Runtime:
     """recommend / search on an export folder (`models/onnx`), the same API as GenSARModel."""
 
@@ -352,7 +98,7 @@ class Runtime:
         self.titles = dict(zip(titles["item_id"].astype(str), titles["title"].astype(str)))
         tries = np.load(export_dir / "trie.npz", allow_pickle=False)
         item_ids = [str(i) for i in tries["item_ids"]]
-        self.tries = {space: TrieTables(tries[f"{space}_tokens"], item_ids) for space in ("sid", "cid")}
+        self.tries = {space: IdentifierTrie(tries[f"{space}_tokens"], item_ids) for space in ("sid", "cid")}
         self.id_tokens = {space: tries[f"{space}_tokens"] for space in ("sid", "cid")}   # [n_items, L]
         self.item_row = {item: i for i, item in enumerate(item_ids)}
         # output-embedding columns of each depth's tokens (normalize=allowed scores only those)
@@ -399,15 +145,15 @@ class Runtime:
             mask[i, :len(r)] = 1
         return ids, mask
 
-    def candidate_trie(self, space: str, candidates: Sequence[str]) -> TrieTables:
+    def candidate_trie(self, space: str, candidates: Sequence[str]) -> IdentifierTrie:
         """The trie of just these items (the 100-candidate protocol)."""
         items = list(dict.fromkeys(str(c) for c in candidates))
         unknown = [c for c in items if c not in self.item_row]
         if unknown:
             raise UnknownItemsError(unknown)
-        return TrieTables(self.id_tokens[space][[self.item_row[c] for c in items]], items)
+        return IdentifierTrie(self.id_tokens[space][[self.item_row[c] for c in items]], items)
 
-    def _search(self, ids: np.ndarray, mask: np.ndarray, space: str, trie: TrieTables, beams: int):
+    def _search(self, ids: np.ndarray, mask: np.ndarray, space: str, trie: IdentifierTrie, beams: int):
         """beam_search over `trie` with what this normalisation needs of the trie's tokens."""
         level_w = code_i = None
         if self.normalize == "allowed":                 # the trie tokens' output columns

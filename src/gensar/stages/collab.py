@@ -18,10 +18,10 @@ import pandas as pd
 
 from gensar.config import Params, load_params, to_dict
 from gensar.device import resolve_device, setup_torch
-from gensar.ids.sasrec import (
+from gensar.ids.sasrec import save_sasrec
+from gensar.ids.sasrec_train import (
     eval_cases,
     evaluate_full_ranking,
-    save_sasrec,
     train_sasrec,
     train_sequences,
     user_timelines,
