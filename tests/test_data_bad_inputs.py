@@ -198,7 +198,9 @@ def test_command_line_shows_the_message_without_traceback(tmp_path):
         ingest.main(["--snapshot", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
                      "--report", str(tmp_path / "r.json")])
     with pytest.raises(SystemExit, match=r"^validate failed: .*items\.parquet: file not found"):
-        validate.main(["--ingested", str(tmp_path / "none"), "--out", str(tmp_path / "c")])
+        validate.main(["--ingested", str(tmp_path / "none"), "--out", str(tmp_path / "c"),
+                       "--quarantine", str(tmp_path / "q.parquet"), "--report", str(tmp_path / "v.json"),
+                       "--stats", str(tmp_path / "s.json")])
     assert not (tmp_path / "o").exists() and not (tmp_path / "r.json").exists()
 
 

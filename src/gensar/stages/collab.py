@@ -32,8 +32,8 @@ from gensar.logs import setup_logging
 logger = logging.getLogger(__name__)
 
 
-def run(params: Params, canonical: str | Path = "prepared/canonical", out: str | Path = "models/sasrec",
-        metrics: str | Path = "metrics/sasrec.json") -> dict:
+def run(params: Params, canonical: str | Path, out: str | Path,
+        metrics: str | Path) -> dict:
     cfg = params.collab
     canonical, out = Path(canonical), Path(out)
     setup_torch(resolve_device(cfg.device), cfg.cpu_threads)
@@ -69,9 +69,9 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", out: str |
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--canonical", default="prepared/canonical")
-    ap.add_argument("--out", default="models/sasrec")
-    ap.add_argument("--metrics", default="metrics/sasrec.json")
+    ap.add_argument("--canonical", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     setup_logging()
     summary = run(load_params(args.params), canonical=args.canonical, out=args.out, metrics=args.metrics)

@@ -24,8 +24,8 @@ from gensar.logs import setup_logging
 logger = logging.getLogger(__name__)
 
 
-def run(params: Params, canonical: str | Path = "prepared/canonical",
-        out: str | Path = "models/embeddings") -> dict:
+def run(params: Params, canonical: str | Path,
+        out: str | Path) -> dict:
     canonical, out = Path(canonical), Path(out)
     items_path = canonical / "items.parquet"
     if not items_path.exists():
@@ -47,8 +47,8 @@ def run(params: Params, canonical: str | Path = "prepared/canonical",
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--canonical", default="prepared/canonical")
-    ap.add_argument("--out", default="models/embeddings")
+    ap.add_argument("--canonical", required=True)
+    ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     setup_logging()
     summary = run(load_params(args.params), canonical=args.canonical, out=args.out)

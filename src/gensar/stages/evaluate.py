@@ -48,10 +48,9 @@ def load_gensar(model_dir: str | Path, ids_dir: str | Path, beams: int, device: 
     return GenSARModel.load(model_dir, ids_dir, device=device, beams=beams)
 
 
-def run(params: Params, canonical: str | Path = "prepared/canonical", model: str | Path = "models/t5",
-        ids: str | Path = "models/ids", sasrec: str | Path = "models/sasrec", onnx: str | Path | None = None,
-        candidates: str | Path = "prepared/candidates", out: str | Path = "metrics/eval.json",
-        embeddings: str | Path = "models/embeddings", models: list | None = None,
+def run(params: Params, *, canonical: str | Path, candidates: str | Path, out: str | Path,
+        model: str | Path | None = None, onnx: str | Path | None = None, ids: str | Path | None = None,
+        sasrec: str | Path | None = None, embeddings: str | Path | None = None, models: list | None = None,
         report: str | Path | None = None) -> dict:
     """Evaluate GenSAR (when `model` holds one) and `evaluate.baselines`; write `out`.
 
@@ -68,8 +67,8 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", model: str
     gensar = load_gensar(model, ids, cfg.beams, device, onnx, params.serve.threads) if (model or onnx) else None
     if gensar is not None:
         rankers.insert(0, GenSARRanker(gensar, "gensar"))
-    rankers += build_baselines(cfg.baselines, data.item_ids, data.item_texts, inter, sasrec=str(sasrec),
-                               embeddings=str(embeddings), encoder_model=params.embed.model, device=device,
+    rankers += build_baselines(cfg.baselines, data.item_ids, data.item_texts, inter, sasrec=sasrec and str(sasrec),
+                               embeddings=embeddings and str(embeddings), encoder_model=params.embed.model, device=device,
                                valid=valid, batch_size=cfg.batch_size)
 
     metrics, details = {}, {}
@@ -91,14 +90,14 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", model: str
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--canonical", default="prepared/canonical")
-    ap.add_argument("--model", default="models/t5", help="PyTorch model (when --onnx is not given)")
+    ap.add_argument("--canonical", required=True)
+    ap.add_argument("--model", default=None, help="PyTorch model (when --onnx is not given)")
     ap.add_argument("--onnx", default=None, help="score the ONNX export through the serving runtime")
-    ap.add_argument("--ids", default="models/ids")
-    ap.add_argument("--sasrec", default="models/sasrec")
-    ap.add_argument("--embeddings", default="models/embeddings")
-    ap.add_argument("--candidates", default="prepared/candidates")
-    ap.add_argument("--out", default="metrics/eval.json")
+    ap.add_argument("--ids", required=True)
+    ap.add_argument("--sasrec", required=True)
+    ap.add_argument("--embeddings", required=True)
+    ap.add_argument("--candidates", required=True)
+    ap.add_argument("--out", required=True)
     ap.add_argument("--report", default=None, help="optional JSON with case counts and timings")
     args = ap.parse_args(argv)
     setup_logging()

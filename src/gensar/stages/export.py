@@ -25,8 +25,8 @@ from gensar.logs import setup_logging
 logger = logging.getLogger(__name__)
 
 
-def run(params: Params, model: str | Path = "models/t5", ids: str | Path = "models/ids",
-        canonical: str | Path = "prepared/canonical", out: str | Path = "models/onnx") -> dict:
+def run(params: Params, model: str | Path, ids: str | Path,
+        canonical: str | Path, out: str | Path) -> dict:
     from gensar.model.t5 import load_model
 
     model_dir, ids_dir, canonical, out = Path(model), Path(ids), Path(canonical), Path(out)
@@ -71,10 +71,10 @@ def run(params: Params, model: str | Path = "models/t5", ids: str | Path = "mode
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--model", default="models/t5")
-    ap.add_argument("--ids", default="models/ids")
-    ap.add_argument("--canonical", default="prepared/canonical")
-    ap.add_argument("--out", default="models/onnx")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--ids", required=True)
+    ap.add_argument("--canonical", required=True)
+    ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     setup_logging()
     summary = run(load_params(args.params), model=args.model, ids=args.ids, canonical=args.canonical, out=args.out)

@@ -91,9 +91,9 @@ def build(model: IdentifierModel, x_s: np.ndarray, x_c: np.ndarray, cfg: IdsConf
     return ids, {"assign": stats, "levels": level_stats(model, codes)}
 
 
-def run(params: Params, embeddings: str | Path = "models/embeddings", collab: str | Path = "models/sasrec",
-        canonical: str | Path = "prepared/canonical", out: str | Path = "models/ids",
-        metrics: str | Path = "metrics/ids.json", previous: str | Path | None = None) -> dict:
+def run(params: Params, embeddings: str | Path, collab: str | Path,
+        canonical: str | Path, out: str | Path,
+        metrics: str | Path, previous: str | Path | None = None) -> dict:
     cfg = params.ids
     embeddings, collab, canonical, out = Path(embeddings), Path(collab), Path(canonical), Path(out)
     setup_torch(resolve_device(cfg.device), cfg.cpu_threads)
@@ -169,11 +169,11 @@ def run(params: Params, embeddings: str | Path = "models/embeddings", collab: st
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--embeddings", default="models/embeddings")
-    ap.add_argument("--collab", default="models/sasrec")
-    ap.add_argument("--canonical", default="prepared/canonical")
-    ap.add_argument("--out", default="models/ids")
-    ap.add_argument("--metrics", default="metrics/ids.json")
+    ap.add_argument("--embeddings", required=True)
+    ap.add_argument("--collab", required=True)
+    ap.add_argument("--canonical", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
     ap.add_argument("--previous", default=None, help="existing models/ids folder: incremental assignment")
     args = ap.parse_args(argv)
     setup_logging()

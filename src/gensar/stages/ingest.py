@@ -19,8 +19,8 @@ from gensar.logs import setup_logging
 logger = logging.getLogger(__name__)
 
 
-def run(params: Params, snapshot: str = "data", out: str = "prepared/ingested",
-        report: str = "reports/ingest.json") -> dict:
+def run(params: Params, snapshot: str, out: str,
+        report: str) -> dict:
     """Ingest `snapshot` into the canonical tables (no split yet); returns the ingestion summary."""
     t0 = time.perf_counter()
     tables = read_source(snapshot, params.data, params.queries)
@@ -41,9 +41,9 @@ def run(params: Params, snapshot: str = "data", out: str = "prepared/ingested",
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--snapshot", default="data")
-    ap.add_argument("--out", default="prepared/ingested")
-    ap.add_argument("--report", default="reports/ingest.json")
+    ap.add_argument("--snapshot", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--report", required=True)
     args = ap.parse_args(argv)
     setup_logging()
     try:

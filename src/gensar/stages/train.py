@@ -76,9 +76,9 @@ def _tokenizer(params: Params, items, queries, idmap: IdentifierMap, init, ckpt:
     return key
 
 
-def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str | Path = "models/ids",
-        out: str | Path = "models/t5", metrics: str | Path = "metrics/train.json",
-        live: str | Path | None = "metrics/live/train", init: str | Path | None = None,
+def run(params: Params, canonical: str | Path, ids: str | Path,
+        out: str | Path, metrics: str | Path,
+        live: str | Path | None = None, init: str | Path | None = None,
         checkpoints: str | Path | None = None) -> dict:
     """Train GenSAR's T5 on the canonical tables and identifier map; returns the summary written to
     `metrics` (rank 0). Under torchrun every rank calls this."""
@@ -181,11 +181,11 @@ def run(params: Params, canonical: str | Path = "prepared/canonical", ids: str |
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--canonical", default="prepared/canonical")
-    ap.add_argument("--ids", default="models/ids")
-    ap.add_argument("--out", default="models/t5")
-    ap.add_argument("--metrics", default="metrics/train.json")
-    ap.add_argument("--live", default="metrics/live/train")
+    ap.add_argument("--canonical", required=True)
+    ap.add_argument("--ids", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
+    ap.add_argument("--live", required=True)
     ap.add_argument("--init", default=None, help="warm start from this model directory")
     ap.add_argument("--checkpoints", default=None, help="default: <out>/checkpoints")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -33,9 +33,9 @@ from gensar.logs import setup_logging
 logger = logging.getLogger(__name__)
 
 
-def run(params: Params, ingested: str = "prepared/ingested", out: str = "prepared/canonical",
-        quarantine: str = "prepared/quarantine.parquet", report: str = "reports/validation.json",
-        stats: str = "metrics/data.json") -> dict:
+def run(params: Params, ingested: str, out: str,
+        quarantine: str, report: str,
+        stats: str) -> dict:
     """Validate the ingested tables, split them, write canonical tables; returns the statistics."""
     t0 = time.perf_counter()
     rejected = rejected_report_path(report)
@@ -86,11 +86,11 @@ def rejected_report_path(report: str | Path) -> Path:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--ingested", default="prepared/ingested")
-    ap.add_argument("--out", default="prepared/canonical")
-    ap.add_argument("--quarantine", default="prepared/quarantine.parquet")
-    ap.add_argument("--report", default="reports/validation.json")
-    ap.add_argument("--stats", default="metrics/data.json")
+    ap.add_argument("--ingested", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--quarantine", required=True)
+    ap.add_argument("--report", required=True)
+    ap.add_argument("--stats", required=True)
     args = ap.parse_args(argv)
     setup_logging()
     try:
