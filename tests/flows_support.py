@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -48,9 +49,39 @@ def shared_subset(src: Path, out: Path, n_users: int, seed: int = 0, name: str |
     return out
 
 
+def synthetic_shared(out: Path, n_users: int, seed: int = 0) -> Path:
+    """A dataset in the shared format of `../shared/data` (`<name>.inter.json`: each user's items
+    oldest first; `<name>.item.json`: title, description, brand, categories), made by the synthetic
+    generator: what the orchestration tests run on where the real office data is absent."""
+    import numpy as np
+
+    from gensar.config import SyntheticConfig
+    from gensar.data.synthetic import make_interactions, make_items
+
+    cfg = SyntheticConfig(n_users=n_users, n_items=n_users, n_topics=4, seed=seed)   # ~37 items of 40 users after 5-core
+    rng = np.random.default_rng(seed)
+    items = make_items(cfg, rng)
+    inter = make_interactions(items, cfg, rng).sort_values(["user", "timestamp"], kind="stable")
+    number = {item: str(i) for i, item in enumerate(items["item_id"])}       # office-like ids "0", "1", ...
+    seqs = {u: [int(number[i]) for i in g["item"]] for u, g in inter.groupby("user", sort=False)}
+    meta = {number[r.item_id]: {"title": r.title, "description": r.description, "brand": r.brand,
+                                "categories": [r.categories.split(" > ")]} for r in items.itertuples()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{out.name}.inter.json").write_text(json.dumps(seqs))
+    (out / f"{out.name}.item.json").write_text(json.dumps(meta))
+    return out
+
+
+def source_subset(out: Path, n_users: int) -> Path:
+    """`n_users` users of the real office data when `../shared/data/office` is there (or
+    GENSAR_OFFICE names it), else a synthetic dataset of that many users in the same format."""
+    return shared_subset(OFFICE, out, n_users) if OFFICE.exists() else synthetic_shared(out, n_users)
+
+
 def split_batch(src: Path, base: Path, batch: Path, frac: float = 0.05, seed: int = 0) -> tuple[Path, Path]:
     """Split a shared-format dataset by users: `1 - frac` of them form the base snapshot, the rest a
-    new batch (their interactions, and the items nobody in the base has seen)."""
+    new batch (their interactions, and the items nobody in the base has seen; where there are none,
+    the batch's three rarest items are taken out of the base, as products new this week)."""
     name = src.name if (src / f"{src.name}.inter.json").exists() else \
         next(src.glob("*.inter.json")).name[: -len(".inter.json")]
     inter = json.loads((src / f"{name}.inter.json").read_text())
@@ -62,6 +93,12 @@ def split_batch(src: Path, base: Path, batch: Path, frac: float = 0.05, seed: in
     batch_inter = {u: s for u, s in inter.items() if u in new}
     base_items = {str(i) for s in base_inter.values() for i in s}
     batch_items = {str(i) for s in batch_inter.values() for i in s} - base_items
+    if not batch_items:          # (small synthetic data: every item is popular) products new this week:
+        clicks = Counter(str(i) for s in inter.values() for i in s)         # the batch's 3 rarest items,
+        fresh = set(sorted({str(i) for s in batch_inter.values() for i in s}, key=lambda i: (clicks[i], i))[:3])
+        base_inter = {u: [i for i in s if str(i) not in fresh] for u, s in base_inter.items()}  # unseen before
+        base_items -= fresh
+        batch_items = fresh
     for folder, part, keep in [(base, base_inter, base_items), (batch, batch_inter, batch_items)]:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{name}.inter.json").write_text(json.dumps(part))
@@ -156,7 +193,8 @@ TEST_PARAMS = {**TINY, "data": {"text_max_chars": 96},
 
 
 def trained_repo(tmp_path_factory, n_users: int = 60) -> dict:
-    """A tiny office repo after one full `retrain` (published model-v1), built once per session.
+    """A tiny repo (office users, or synthetic ones without ../shared) after one full `retrain`
+    (published model-v1), built once per session.
 
     Returns {"repo", "root", "v1": {path: hashes}, "out": the flow's result}.
     """
@@ -164,7 +202,7 @@ def trained_repo(tmp_path_factory, n_users: int = 60) -> dict:
         from flows.retrain import retrain
 
         root = tmp_path_factory.mktemp("trained")
-        full = shared_subset(OFFICE, root / "office_full" / "office", n_users)
+        full = source_subset(root / "office_full" / "office", n_users)
         base, batch = split_batch(full, root / "office_base" / "office", root / "batch" / "week1", frac=0.1)
         repo = make_repo(root, base, TEST_PARAMS)
         out = retrain(repo=str(repo))

@@ -14,9 +14,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from flows_support import OFFICE, TEST_PARAMS, make_repo, shared_subset
+from flows_support import TEST_PARAMS, make_repo, source_subset
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not OFFICE.exists(), reason="needs ../shared/data/office")]
+pytestmark = pytest.mark.slow
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
@@ -50,7 +50,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def test_deployment_runs_on_a_process_worker(tmp_path):
-    src = shared_subset(OFFICE, tmp_path / "office" / "office", 40)
+    src = source_subset(tmp_path / "office" / "office", 40)
     repo = make_repo(tmp_path, src, TEST_PARAMS, stages=["ingest", "validate"], project=True)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"

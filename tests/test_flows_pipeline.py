@@ -1,4 +1,4 @@
-"""The retrain and incremental flows end to end on a tiny slice of the real office data.
+"""The retrain and incremental flows end to end on a tiny slice of office (or synthetic data without ../shared).
 
 One repository (a throw-away git + DVC copy of the pipeline) goes through, in order:
 retrain (every stage, model-v1) -> retrain with nothing new (every stage skipped) -> a candidate that
@@ -10,11 +10,11 @@ import time
 
 import pytest
 import yaml
-from flows_support import OFFICE, incremental_done, prefect_session, snapshot_hashes, trained_repo
+from flows_support import incremental_done, prefect_session, snapshot_hashes, trained_repo
 
 from tasks.versioning import git, version_tags
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not OFFICE.exists(), reason="needs ../shared/data/office")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")

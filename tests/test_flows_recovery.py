@@ -16,9 +16,9 @@ import time
 import pytest
 import torch
 import yaml
-from flows_support import OFFICE, ROOT, prefect_session, trained_repo
+from flows_support import ROOT, prefect_session, trained_repo
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not OFFICE.exists(), reason="needs ../shared/data/office")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,11 @@ from an incremental batch) and compares md5s of the raw snapshot, canonical tabl
 export and published/ with those recorded right after each version was published.
 """
 import pytest
-from flows_support import OFFICE, incremental_done, prefect_session, run, snapshot_hashes, trained_repo
+from flows_support import incremental_done, prefect_session, run, snapshot_hashes, trained_repo
 
 from tasks.versioning import git, restore_version
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not OFFICE.exists(), reason="needs ../shared/data/office")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
