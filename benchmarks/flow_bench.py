@@ -5,7 +5,7 @@
 In a throw-away git + DVC copy of the pipeline (never this checkout), with `--frac` (5%) of the users
 held out as the new batch:
 
-1. retrain, full (every stage runs; publishes model-v1)
+1. retrain, full (every stage runs; publishes gensar-onnx@v1.0.0)
 2. retrain, nothing new (every stage should be skipped)
 3. incremental with the held-out batch (identifiers for new items only, warm-start training)
 4. retrain with an impossible gate (tolerance -1) after re-evaluation: Failed, published model stays

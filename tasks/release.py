@@ -27,7 +27,7 @@ from gensar.publish import (
     write_published,
 )
 from tasks import notify, run_logger
-from tasks.versioning import dvc_add, dvc_push, git_version, next_version
+from tasks.versioning import ARTIFACT, STAGE, dvc_add, dvc_push, git_version, next_version, version_tag
 
 
 @task(name="quality-gate", cache_policy=NONE)
@@ -61,7 +61,8 @@ def write_published_task(repo: str, version: int, gate_result: dict, extra: dict
 
 
 def publish(repo: str, gate_result: dict, flow: str, run_name: str, note: str = "") -> dict:
-    """Make the candidate the published version: copy, dvc add + push, git commit + tag model-v<N>.
+    """Make the candidate the published version: copy, dvc add + push, git commit + registry tags
+    (`gensar-onnx@v<N>.0.0`, assigned to `prod`).
 
     A plain function calling tasks, so each step (and its retries) shows in the flow run.
     """
@@ -76,18 +77,20 @@ def publish(repo: str, gate_result: dict, flow: str, run_name: str, note: str = 
     rows = gate_result["result"].rows if gate_result.get("result") is not None else []
     headline = ", ".join(f"{r.metric}={r.candidate:.4f}" + (f" (was {r.published:.4f})" if r.published is not None
                                                           else "") for r in rows) or "no gate metrics"
-    message = (f"model-v{version}: {flow} run {run_name}\n\n{gate_result.get('summary', '')}\n"
+    tag = version_tag(version)
+    message = (f"{tag}: {flow} run {run_name}\n\n{gate_result.get('summary', '')}\n"
                f"{headline}\ndata md5 {data_md5}, published md5 {published_md5}\n{note}").strip()
     commit = git_version(str(repo), version, message)
-    out = {"version": version, "tag": f"model-v{version}", "commit": commit, "pushed": pushed,
+    out = {"version": version, "tag": tag, "stage": STAGE, "commit": commit, "pushed": pushed,
            "published_md5": published_md5, "data_md5": data_md5}
     create_markdown_artifact(
-        f"# Published model-v{version}\n\n- commit `{commit}`\n- tag `model-v{version}`\n"
+        f"# Published {tag} ({STAGE})\n\n- commit `{commit}`\n- tags `{tag}`, `{ARTIFACT}#{STAGE}#...` (GTO)\n"
         f"- data md5 `{data_md5}`\n- published md5 `{published_md5}`\n"
         f"- files pushed to the DVC remote: {pushed}\n"
-        f"- restore: `git checkout model-v{version} && dvc checkout` (or `dvc pull`)\n\n{gate_result.get('summary', '')}\n",
-        key="version", description=f"model-v{version}")
-    log.info("publish: model-v%d published (commit %s)", version, commit[:10])
+        f"- restore: `git checkout {tag} && dvc checkout` (or `dvc pull`); the export alone: "
+        f"`dvc artifacts get <repo> {ARTIFACT} --stage {STAGE}`\n\n{gate_result.get('summary', '')}\n",
+        key="version", description=tag)
+    log.info("publish: %s published and assigned to %s (commit %s)", tag, STAGE, commit[:10])
     return out
 
 

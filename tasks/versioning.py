@@ -1,23 +1,30 @@
-"""DVC and git bookkeeping of a version: `dvc add`, `dvc push`, a git commit + tag, and restoring one.
+"""DVC and git bookkeeping of a version: `dvc add`, `dvc push`, a git commit + registry tags, restoring one.
 
-A published version is a git commit tagged `model-v<N>` holding `dvc.lock` (hashes of every stage's
-outputs: canonical data, embeddings, identifiers, checkpoint, ONNX export), `data.dvc` (the raw snapshot),
-`published.dvc` (the published model + its metrics) and `metrics/*.json`; the files themselves are in the
-DVC cache and pushed to the DVC remote. `git checkout model-v<N> && dvc checkout` (or `dvc pull` on
-another machine) restores exactly that version.
+A published version is a git commit holding `dvc.lock` (hashes of every stage's outputs: canonical
+data, embeddings, identifiers, checkpoint, ONNX export), `data.dvc` (the raw snapshot),
+`published.dvc` (the published model + its metrics) and `metrics/*.json`; the files themselves are in
+the DVC cache and pushed to the DVC remote. The commit carries the tags of DVC's model registry
+(GTO, written through `gto.api`): `gensar-onnx@v<N>.0.0` registers version N of the `gensar-onnx`
+artifact that `dvc.yaml` declares, and `gensar-onnx#prod#<n>` assigns it to the `prod` stage. So
+
+    git checkout gensar-onnx@v<N>.0.0 && dvc checkout     (or `dvc pull` on another machine)
+    dvc artifacts get <repo> gensar-onnx --stage prod     (the served export, without a checkout)
+    gto show gensar-onnx                                  (the versions and their stages)
+
+restore or fetch exactly that version.
 """
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
 from prefect import task
 
+from gensar.publish import ARTIFACT, version_tag
 from tasks import run_logger
 from tasks.stages import dvc_repo
 
-TAG_PREFIX = "model-v"
+STAGE = "prod"               # the registry stage of the version the flows publish
 # what a version commit records (paths that do not exist are left out)
 VERSION_FILES = ["dvc.lock", "data.dvc", "published.dvc", "metrics", "params.yaml", "dvc.yaml", ".gitignore"]
 
@@ -38,9 +45,27 @@ def _git_identity(repo) -> list[str]:
 
 
 def version_tags(repo: str | Path) -> list[int]:
-    """Version numbers N of the existing `model-v<N>` tags, ascending."""
-    out = git(repo, "tag", "--list", f"{TAG_PREFIX}*")
-    return sorted(int(m.group(1)) for t in out.splitlines() if (m := re.fullmatch(rf"{TAG_PREFIX}(\d+)", t)))
+    """Version numbers N of the registered versions of the artifact (`gensar-onnx@v<N>.0.0`), ascending."""
+    import gto.api
+    from gto.exceptions import ArtifactNotFound
+
+    try:
+        versions = gto.api.show(str(repo), ARTIFACT, registered_only=True)
+    except ArtifactNotFound:         # nothing registered yet
+        return []
+    return sorted(int(v["version"].lstrip("v").split(".")[0]) for v in versions)
+
+
+def stage_version(repo: str | Path, stage: str = STAGE) -> int | None:
+    """The version N assigned to `stage` (the one the flows publish), None before the first."""
+    import gto.api
+    from gto.exceptions import ArtifactNotFound
+
+    try:
+        found = gto.api.find_versions_in_stage(str(repo), ARTIFACT, stage)
+    except ArtifactNotFound:
+        return None
+    return int(found[0].version.lstrip("v").split(".")[0]) if found else None
 
 
 def next_version(repo: str | Path) -> int:
@@ -66,7 +91,8 @@ def dvc_push_all(repo: str | Path) -> int:
 
 
 def git_commit_version(repo: str | Path, version: int, message: str) -> str:
-    """Commit the version files and tag the commit `model-v<version>`; returns the commit hash."""
+    """Commit the version files, register the commit as version N of the artifact and assign it to
+    the `prod` stage (GTO tags); returns the commit hash."""
     repo = Path(repo)
     paths = [p for p in VERSION_FILES if (repo / p).exists()]
     paths += [p for p in _output_gitignores(repo) if p not in paths]
@@ -75,10 +101,16 @@ def git_commit_version(repo: str | Path, version: int, message: str) -> str:
         run_logger(__name__).info("git: nothing changed in %s, tagging HEAD", ", ".join(paths))
     else:
         git(repo, *_git_identity(repo), "commit", "-q", "-m", message, "--", *paths)
-    tag = f"{TAG_PREFIX}{version}"
-    git(repo, *_git_identity(repo), "tag", "-a", tag, "-m", message.splitlines()[0])
+    import gto.api
+
+    author = {} if not _git_identity(repo) else {"author": "gensar-flow", "author_email": "gensar-flow@localhost"}
+    gto.api.register(str(repo), ARTIFACT, "HEAD", version=f"v{version}.0.0", message=message.splitlines()[0],
+                     **author)
+    gto.api.assign(str(repo), ARTIFACT, STAGE, version=f"v{version}.0.0", message=f"{STAGE}: {message.splitlines()[0]}",
+                   **author)
     commit = git(repo, "rev-parse", "HEAD")
-    run_logger(__name__).info("git: committed %s and tagged it %s", commit[:10], tag)
+    run_logger(__name__).info("git: committed %s, registered it as %s and assigned it to %s", commit[:10],
+                              version_tag(version), STAGE)
     return commit
 
 
@@ -99,7 +131,7 @@ def _output_gitignores(repo: Path) -> list[str]:
 
 
 def restore_version(repo: str | Path, rev: str, pull: bool = False) -> None:
-    """Check out `rev` (a tag like model-v1) in git and its data/models with `dvc checkout` (or pull)."""
+    """Check out `rev` (a tag like gensar-onnx@v1.0.0) in git and its data/models with `dvc checkout` (or pull)."""
     git(repo, "checkout", "-q", rev)
     with dvc_repo(repo) as r:
         if pull:

@@ -194,7 +194,7 @@ TEST_PARAMS = {**TINY, "data": {"text_max_chars": 96},
 
 def trained_repo(tmp_path_factory, n_users: int = 60) -> dict:
     """A tiny repo (office users, or synthetic ones without ../shared) after one full `retrain`
-    (published model-v1), built once per session.
+    (published gensar-onnx@v1.0.0), built once per session.
 
     Returns {"repo", "root", "v1": {path: hashes}, "out": the flow's result}.
     """
@@ -218,7 +218,7 @@ def snapshot_hashes(repo: Path) -> dict[str, dict[str, str]]:
 
 
 def incremental_done(trained: dict) -> dict:
-    """Run the incremental flow with the session's 10% batch once (model-v2); its result."""
+    """Run the incremental flow with the session's 10% batch once (gensar-onnx@v2.0.0); its result."""
     if "incremental" not in _SESSION:
         from flows.incremental import incremental
 

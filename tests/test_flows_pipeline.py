@@ -1,8 +1,8 @@
 """The retrain and incremental flows end to end on a tiny slice of office (or synthetic data without ../shared).
 
 One repository (a throw-away git + DVC copy of the pipeline) goes through, in order:
-retrain (every stage, model-v1) -> retrain with nothing new (every stage skipped) -> a candidate that
-fails the quality gate -> an invalid batch -> a valid batch (incremental, model-v2).
+retrain (every stage, gensar-onnx@v1.0.0) -> retrain with nothing new (every stage skipped) -> a candidate that
+fails the quality gate -> an invalid batch -> a valid batch (incremental, gensar-onnx@v2.0.0).
 """
 import itertools
 import json
@@ -52,12 +52,12 @@ def test_retrain_runs_every_stage_and_publishes_v1(trained):
     stages = [s["stage"] for s in out["stages"]]
     assert stages == ["ingest", "validate", "embed", "collab", "identifiers", "train", "export", "evaluate"]
     assert not any(s["skipped"] for s in out["stages"])
-    assert out["published"]["tag"] == "model-v1" and version_tags(repo) == [1]
+    assert out["published"]["tag"] == "gensar-onnx@v1.0.0" and version_tags(repo) == [1]
     record = json.loads((repo / "published" / "version.json").read_text())
     assert record["version"] == 1 and (repo / "published" / "onnx").is_dir()
     assert "gensar" in record["metrics"]["eval"]
     # the version commit records the pipeline state, and the remote holds its files
-    files = git(repo, "show", "--name-only", "--format=", "model-v1").split()
+    files = git(repo, "show", "--name-only", "--format=", "gensar-onnx@v1.0.0").split()
     assert {"dvc.lock", "data.dvc", "published.dvc", "metrics/eval.json"} <= set(files)
     assert any((trained["root"] / "remote").rglob("*"))
     assert git(repo, "status", "--porcelain", "--", "dvc.lock", "data.dvc", "published.dvc") == ""
@@ -147,7 +147,7 @@ def test_incremental_batch_assigns_new_ids_warm_starts_and_publishes_v2(trained)
     assert len(new_ids) > len(old_ids)                                # the batch brought new items
     meta = json.loads((repo / "models" / "t5" / "gensar.json").read_text())
     assert meta.get("init")                                           # warm start from the previous model
-    assert out["published"]["tag"] == "model-v2" and version_tags(repo) == [1, 2]
+    assert out["published"]["tag"] == "gensar-onnx@v2.0.0" and version_tags(repo) == [1, 2]
     assert (repo / "data" / "batches" / "week1").is_dir()
 
 

@@ -54,7 +54,7 @@ def test_write_published_copies_model_and_metrics(tmp_path):
                                                                              GateConfig(metrics=("rec/ndcg@10",))))
     assert (tmp_path / "published" / "onnx" / "encoder.onnx").read_bytes() == b"enc"
     assert read_version(tmp_path / "published") == json.loads(json.dumps(record))
-    assert record["version"] == 1 and record["tag"] == "model-v1"
+    assert record["version"] == 1 and record["tag"] == "gensar-onnx@v1.0.0"
     assert record["metrics"]["eval"] == {"rec": {"ndcg@10": 0.3}}
     with pytest.raises(FileNotFoundError, match="export"):
         write_published(2, tmp_path / "missing", metrics, tmp_path / "published")

@@ -220,6 +220,14 @@ def read_version(published: str | Path = "published") -> dict | None:
     return json.loads(path.read_text())
 
 
+ARTIFACT = "gensar-onnx"     # the model registry's artifact: the `artifacts:` entry of dvc.yaml (models/onnx)
+
+
+def version_tag(version: int) -> str:
+    """The registry (GTO) tag of published version N: `gensar-onnx@v<N>.0.0` (versions are semantic)."""
+    return f"{ARTIFACT}@v{version}.0.0"
+
+
 def write_published(version: int, onnx: str | Path = "models/onnx", metrics: str | Path = "metrics",
                     out: str | Path = "published", gate_result: GateResult | None = None,
                     extra: dict | None = None) -> dict:
@@ -237,7 +245,7 @@ def write_published(version: int, onnx: str | Path = "models/onnx", metrics: str
             all_metrics[f.stem] = json.loads(f.read_text())
         record = {
             "version": version,
-            "tag": f"model-v{version}",
+            "tag": version_tag(version),
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "gate": asdict(gate_result) if gate_result is not None else None,
             "metrics": all_metrics,
