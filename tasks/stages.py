@@ -61,9 +61,22 @@ def dvc_repo(repo: str | Path):
     """A dvc.repo.Repo of `repo`, with the working directory there (DVC resolves paths from the cwd)."""
     from dvc.repo import Repo
 
+    _one_dvc_log_line()
     with contextlib.chdir(repo), Repo(str(repo)) as r:
         r.scm_context.quiet = True  # no "To track the changes with git, run: ..." hints in the logs
         yield r
+
+
+def _one_dvc_log_line() -> None:
+    """DVC's logger has console handlers of its own (for its CLI) and also propagates to the root
+    logger, where Prefect's handler prints every line again (`Updating lock file` twice per stage).
+    In process, DVC's lines go through the root logger only: Prefect's console and run logs."""
+    import logging
+
+    dvc_log = logging.getLogger("dvc")
+    for handler in list(dvc_log.handlers):
+        if type(handler).__module__.startswith("dvc."):
+            dvc_log.removeHandler(handler)
 
 
 def dvc_changed(repo: str | Path, stage: str) -> dict:
