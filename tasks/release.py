@@ -27,7 +27,16 @@ from gensar.publish import (
     write_published,
 )
 from tasks import notify, run_logger
-from tasks.versioning import ARTIFACT, STAGE, dvc_add, dvc_push, git_version, next_version, version_tag
+from tasks.versioning import (
+    ARTIFACT,
+    STAGE,
+    dvc_add,
+    dvc_push,
+    git_push,
+    git_version,
+    next_version,
+    version_tag,
+)
 
 
 @task(name="quality-gate", cache_policy=NONE)
@@ -81,6 +90,7 @@ def publish(repo: str, gate_result: dict, flow: str, run_name: str, note: str = 
     message = (f"{tag}: {flow} run {run_name}\n\n{gate_result.get('summary', '')}\n"
                f"{headline}\ndata md5 {data_md5}, published md5 {published_md5}\n{note}").strip()
     commit = git_version(str(repo), version, message)
+    git_push(str(repo))          # from the deployments' checkout back to the repository (else nothing)
     out = {"version": version, "tag": tag, "stage": STAGE, "commit": commit, "pushed": pushed,
            "published_md5": published_md5, "data_md5": data_md5}
     create_markdown_artifact(

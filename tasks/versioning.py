@@ -25,6 +25,7 @@ from tasks import run_logger
 from tasks.stages import dvc_repo
 
 STAGE = "prod"               # the registry stage of the version the flows publish
+PRODUCTION_BRANCH = "production"   # the deployments' checkout (flows/checkout.py) publishes on this branch
 # what a version commit records (paths that do not exist are left out)
 VERSION_FILES = ["dvc.lock", "data.dvc", "published.dvc", "metrics", "params.yaml", "dvc.yaml", ".gitignore"]
 
@@ -114,6 +115,20 @@ def git_commit_version(repo: str | Path, version: int, message: str) -> str:
     return commit
 
 
+def git_push_version(repo: str | Path) -> list[str]:
+    """In the deployments' checkout (branch `production` with an `origin`): push the version commit and
+    its registry tags back to the repository, so `gto show` / `dvc artifacts get` there see it.
+    Elsewhere (an engineer's run of the flow in a workspace) nothing is pushed. Returns what was pushed."""
+    repo = Path(repo)
+    if git(repo, "rev-parse", "--abbrev-ref", "HEAD") != PRODUCTION_BRANCH or \
+            "origin" not in git(repo, "remote").split():
+        return []
+    refs = [f"refs/heads/{PRODUCTION_BRANCH}"] + [f"refs/tags/{t}" for t in git(repo, "tag", "--points-at", "HEAD").split()]
+    git(repo, "push", "-q", "origin", *refs)
+    run_logger(__name__).info("git: pushed %s to origin", ", ".join(r.split("/", 2)[2] for r in refs))
+    return refs
+
+
 def _output_gitignores(repo: Path) -> list[str]:
     """The .gitignore files DVC writes beside stage outputs (e.g. prepared/.gitignore), if git tracks them."""
     import yaml
@@ -144,3 +159,4 @@ def restore_version(repo: str | Path, rev: str, pull: bool = False) -> None:
 dvc_add = task(dvc_add_path, name="dvc-add", retries=2, retry_delay_seconds=[2, 10])
 dvc_push = task(dvc_push_all, name="dvc-push", retries=3, retry_delay_seconds=[5, 30, 120])
 git_version = task(git_commit_version, name="git-commit-tag")
+git_push = task(git_push_version, name="git-push", retries=3, retry_delay_seconds=[5, 30, 120])

@@ -2,7 +2,7 @@
 
 A real `prefect server start` on 127.0.0.1 (a free port), `prefect work-pool create`, `prefect deploy
 --all` from a throw-away copy of the project, `prefect worker start`, then `prefect deployment run
-retrain/nightly --watch`: the run must end Completed and the stages must have run in that copy.
+retrain/nightly --watch`: the run must end Completed, in the deployments' own checkout.
 """
 import os
 import signal
@@ -14,10 +14,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from flows_support import TEST_PARAMS, make_repo, source_subset
+from flows_support import TEST_PARAMS, make_repo, run, source_subset, tree_hashes
+
+from tasks.versioning import git
 
 pytestmark = pytest.mark.slow
-PREFECT = str(Path(sys.executable).parent / "prefect")
+BIN = Path(sys.executable).parent
+PREFECT = str(BIN / "prefect")
 
 
 def free_port() -> int:
@@ -49,19 +52,24 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-def test_deployment_runs_on_a_process_worker(tmp_path):
+def test_deployment_runs_in_its_own_checkout_while_an_experiment_runs_in_the_workspace(tmp_path):
+    """The nightly deployment on a process worker runs in its own checkout (the `production` branch
+    beside the repository) and publishes there; an experiment run meanwhile in the workspace
+    (`dvc exp run`, from a fresh repository: snapshot first) changes the workspace's model only:
+    the export of the `prod` stage is the one the deployment published."""
     src = source_subset(tmp_path / "office" / "office", 40)
-    repo = make_repo(tmp_path, src, TEST_PARAMS, stages=["ingest", "validate"], project=True)
+    repo = make_repo(tmp_path, src, TEST_PARAMS, project=True)
+    production = tmp_path / "production"
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "prefect-home"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1",
-           "GX_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
+           "GX_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "GENSAR_PRODUCTION_DIR": str(production),
            "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     log = open(tmp_path / "processes.log", "w")  # noqa: SIM115 - closed in the finally below
     server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    worker = None
+    worker = experiment = None
     try:
         wait_healthy(api, 120)
 
@@ -74,17 +82,33 @@ def test_deployment_runs_on_a_process_worker(tmp_path):
         cli("work-pool", "create", "gensar-process", "--type", "process")
         deployed = cli("deploy", "--all")
         assert "retrain/nightly" in deployed and "incremental/on-batch" in deployed
+        assert "0 2 * * *" in cli("deployment", "inspect", "retrain/nightly")
         worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "gensar-process", "--limit", "1"],
-                                  cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        out = cli("deployment", "run", "retrain/nightly", "--param", "publish_model=false",
-                  "--watch", "--watch-timeout", "300", timeout=360)
+                                  cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # the experiment, in the workspace, at the same time as the nightly run
+        experiment = subprocess.Popen(
+            ["bash", "-c", (f"{BIN}/gensar snapshot && {BIN}/dvc add -q data && "
+                            f"{BIN}/dvc exp run -q --set-param train.epochs=2")],
+            cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        out = cli("deployment", "run", "retrain/nightly", "--watch", "--watch-timeout", "600", timeout=660)
         assert "Completed" in out, out
-        lock = (repo / "dvc.lock").read_text()            # the stages ran in the deployed checkout
-        assert "ingest:" in lock and "validate:" in lock
-        schedules = cli("deployment", "inspect", "retrain/nightly")
-        assert "0 2 * * *" in schedules
+        assert experiment.wait(600) == 0, (tmp_path / "processes.log").read_text()[-3000:]
+        # the deployment ran and published in its own checkout, and pushed the version back
+        assert git(production, "rev-parse", "--abbrev-ref", "HEAD") == "production"
+        assert git(production, "status", "--porcelain", "--untracked-files=no") == ""
+        assert "gensar-onnx@v1.0.0" in git(repo, "tag", "--list").split()
+        assert git(repo, "rev-parse", "production") == git(production, "rev-parse", "HEAD")
+        assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"          # the workspace stays on main
+        served = tree_hashes(production / "published" / "onnx")
+        assert served == tree_hashes(production / "models" / "onnx")
+        run([f"{BIN}/dvc", "artifacts", "get", str(repo), "gensar-onnx", "--stage", "prod", "-o",
+             str(tmp_path / "prod")], tmp_path)
+        assert tree_hashes(tmp_path / "prod") == served                    # what the registry says is served
+        assert tree_hashes(repo / "models" / "onnx") != served             # the experiment's model, elsewhere
+        assert not (repo / "published").exists()
     finally:
-        if worker is not None:
-            stop(worker)
+        for proc in (experiment, worker):
+            if proc is not None:
+                stop(proc)
         stop(server)
         log.close()
