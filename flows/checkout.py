@@ -23,20 +23,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+from tasks.stages import dvc_repo
 from tasks.versioning import PRODUCTION_BRANCH as BRANCH
+from tasks.versioning import git
 
 logger = logging.getLogger(__name__)
-
-
-def git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} (in {repo}) failed: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout.strip()
 
 
 def default_dir(origin: Path) -> Path:
@@ -45,7 +39,7 @@ def default_dir(origin: Path) -> Path:
 
 def production_checkout(origin: str | Path, directory: str | Path | None = None) -> Path:
     """Clone or update the production checkout of `origin` in `directory`; returns its path."""
-    from dvc.repo import Repo
+    from dvc.exceptions import DvcException
 
     origin = Path(origin).resolve()
     directory = Path(directory).resolve() if directory else default_dir(origin)
@@ -64,18 +58,16 @@ def production_checkout(origin: str | Path, directory: str | Path | None = None)
         git(directory, "fetch", "-q", "origin")
         git(directory, "checkout", "-q", BRANCH)
         git(directory, "merge", "-q", "--ff-only", f"origin/{BRANCH}")
-    with Repo(str(origin)) as o:                               # DVC: the repository's cache and remote
+    with dvc_repo(origin) as o:                               # DVC: the repository's cache and remote
         cache = o.cache.local.path.removesuffix("/files/md5")
         remote = o.config["core"].get("remote")
         url = o.config["remote"][remote]["url"] if remote else None
-    with Repo(str(directory)) as r, r.config.edit("local") as conf:   # .dvc/config.local: not in git
+    with dvc_repo(directory) as r, r.config.edit("local") as conf:   # .dvc/config.local: not in git
         conf["cache"]["dir"] = cache
         if url:
             conf["core"]["remote"] = remote
             conf["remote"][remote] = {"url": url}
-    from dvc.exceptions import DvcException
-
-    with Repo(str(directory)) as r:                            # the data and models of the last commit
+    with dvc_repo(directory) as r:                            # the data and models of the last commit
         try:
             r.checkout(force=True)                             # from the shared cache
         except DvcException:

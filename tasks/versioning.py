@@ -20,7 +20,7 @@ from pathlib import Path
 
 from prefect import task
 
-from gensar.publish import ARTIFACT, version_tag
+from gensar.publish import ARTIFACT, version_name, version_number, version_tag
 from tasks import run_logger
 from tasks.stages import dvc_repo
 
@@ -38,11 +38,14 @@ def git(repo: str | Path, *args: str, check: bool = True) -> str:
     return proc.stdout.strip()
 
 
+FLOW_AUTHOR = {"author": "gensar-flow", "author_email": "gensar-flow@localhost"}
+
+
 def _git_identity(repo) -> list[str]:
     """`-c user.name/email` for machines where git has no identity (scheduled workers)."""
     if git(repo, "config", "user.email", check=False):
         return []
-    return ["-c", "user.name=gensar-flow", "-c", "user.email=gensar-flow@localhost"]
+    return ["-c", f"user.name={FLOW_AUTHOR['author']}", "-c", f"user.email={FLOW_AUTHOR['author_email']}"]
 
 
 def version_tags(repo: str | Path) -> list[int]:
@@ -54,7 +57,7 @@ def version_tags(repo: str | Path) -> list[int]:
         versions = gto.api.show(str(repo), ARTIFACT, registered_only=True)
     except ArtifactNotFound:         # nothing registered yet
         return []
-    return sorted(int(v["version"].lstrip("v").split(".")[0]) for v in versions)
+    return sorted(version_number(v["version"]) for v in versions)
 
 
 def stage_version(repo: str | Path, stage: str = STAGE) -> int | None:
@@ -66,7 +69,7 @@ def stage_version(repo: str | Path, stage: str = STAGE) -> int | None:
         found = gto.api.find_versions_in_stage(str(repo), ARTIFACT, stage)
     except ArtifactNotFound:
         return None
-    return int(found[0].version.lstrip("v").split(".")[0]) if found else None
+    return version_number(found[0].version) if found else None
 
 
 def next_version(repo: str | Path) -> int:
@@ -104,11 +107,10 @@ def git_commit_version(repo: str | Path, version: int, message: str) -> str:
         git(repo, *_git_identity(repo), "commit", "-q", "-m", message, "--", *paths)
     import gto.api
 
-    author = {} if not _git_identity(repo) else {"author": "gensar-flow", "author_email": "gensar-flow@localhost"}
-    gto.api.register(str(repo), ARTIFACT, "HEAD", version=f"v{version}.0.0", message=message.splitlines()[0],
-                     **author)
-    gto.api.assign(str(repo), ARTIFACT, STAGE, version=f"v{version}.0.0", message=f"{STAGE}: {message.splitlines()[0]}",
-                   **author)
+    author = FLOW_AUTHOR if _git_identity(repo) else {}
+    title = message.splitlines()[0]
+    gto.api.register(str(repo), ARTIFACT, "HEAD", version=version_name(version), message=title, **author)
+    gto.api.assign(str(repo), ARTIFACT, STAGE, version=version_name(version), message=f"{STAGE}: {title}", **author)
     commit = git(repo, "rev-parse", "HEAD")
     run_logger(__name__).info("git: committed %s, registered it as %s and assigned it to %s", commit[:10],
                               version_tag(version), STAGE)

@@ -223,9 +223,19 @@ def read_version(published: str | Path = "published") -> dict | None:
 ARTIFACT = "gensar-onnx"     # the model registry's artifact: the `artifacts:` entry of dvc.yaml (models/onnx)
 
 
+def version_name(version: int) -> str:
+    """The registry's (GTO's) name of published version N: `v<N>.0.0` (its versions are semantic)."""
+    return f"v{version}.0.0"
+
+
+def version_number(name: str) -> int:
+    """N of a registry version name `v<N>.0.0`."""
+    return int(name.lstrip("v").split(".")[0])
+
+
 def version_tag(version: int) -> str:
-    """The registry (GTO) tag of published version N: `gensar-onnx@v<N>.0.0` (versions are semantic)."""
-    return f"{ARTIFACT}@v{version}.0.0"
+    """The registry tag of published version N: `gensar-onnx@v<N>.0.0`."""
+    return f"{ARTIFACT}@{version_name(version)}"
 
 
 def write_published(version: int, onnx: str | Path = "models/onnx", metrics: str | Path = "metrics",
