@@ -50,6 +50,14 @@ VARIANTS = {
     "combined-isqrt": {**TODAY, **COMBINED, "train.schedule": "inverse_sqrt", "train.lr": 5e-3,
                        "train.warmup_steps": 100},
     "combined-search-twins": {**TODAY, **COMBINED, "train.history_twins": "search"},
+    # params.yaml as committed (the recipe of issue 14's first sessions), and with a causal encoder whose
+    # rec examples train every click of a history in one pass
+    "params": {},
+    "causal": {"train.causal": True},
+    "causal-rec2": {"train.causal": True, "train.tasks": {"rec": 2.0, "search": 1.0, "query": 0.3, "adhoc": 0.3,
+                                                          "align": 0.3}},
+    "causal-rec2-h20": {"train.causal": True, "train.history_len": 20, "train.max_input_tokens": 256,
+                        "train.tasks": {"rec": 2.0, "search": 1.0, "query": 0.3, "adhoc": 0.3, "align": 0.3}},
     "combined-rec-search-only": {**TODAY, **COMBINED,
                                  "train.tasks": {"rec": 1.0, "search": 1.0, "query": 0.0, "adhoc": 0.0,
                                                  "align": 0.0}},

@@ -12,7 +12,8 @@ same examples after one warm-up step with the recipe's loss (`gensar.model.level
                does within each window of 32 batches)
 
 Recipes: `today` = the recipe before issue 14 (3 clicks with both twins, whole-vocabulary loss),
-`params` = `train` of params.yaml. Printed side by side: input tokens, real-token share of the
+`params` = `train` of params.yaml, `causal` = the same with `train.causal` (a rec example is a stretch of
+clicks with a target after each: `targets_per_s` counts those, `examples_per_s` the examples). Printed side by side: input tokens, real-token share of the
 padded inputs, examples/s, seconds per step, the speed-up against the first row of the same size;
 plus the latency of one constrained beam-search request (beam 20, batch 1). `--json` writes it too.
 """
@@ -58,8 +59,10 @@ def bench(size: str, recipe: str, tok, builder, cfg: TrainConfig, ids, requests,
     objective = Seq2SeqLoss(model, LevelVocab(tok, ids) if cfg.id_loss == "level" else None)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     amp = autocast_dtype("auto", device)
-    examples = tokenize_epoch(tok, builder.epoch(0, 0), cfg.max_input_tokens, cfg.max_query_tokens * 2 + 8)
-    batches = make_batches(examples, Collate(tok.pad_token_id), batch, steps, bucketed)
+    examples = tokenize_epoch(tok, builder.epoch(0, 0), cfg.max_input_tokens, cfg.max_query_tokens * 2 + 8,
+                              cfg.causal)
+    batches = make_batches(examples, Collate(tok.pad_token_id, cfg.causal), batch, steps, bucketed)
+    targets = sum(int(b.pop("n_targets", b["input_ids"].shape[0])) for b in batches[1:])
     real = sum(int(b["attention_mask"].sum()) for b in batches[1:])
     padded = sum(b["attention_mask"].numel() for b in batches[1:])
     in_tokens = real / (steps * batch)
@@ -82,7 +85,8 @@ def bench(size: str, recipe: str, tok, builder, cfg: TrainConfig, ids, requests,
     row = {"size": size, "recipe": recipe, "batching": "bucketed" if bucketed else "random",
            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2), "batch": batch,
            "input_tokens": round(in_tokens, 1), "real_token_share": round(real / padded, 3), "steps": steps,
-           "examples_per_s": round(steps * batch / dt, 1), "s_per_step": round(dt / steps, 3)}
+           "examples_per_s": round(steps * batch / dt, 1), "targets_per_s": round(targets / dt, 1),
+           "s_per_step": round(dt / steps, 3)}
     if not latency:
         return row
     gm = GenSARModel(model.eval(), tok, ids, cfg, beams=20, device=device)
@@ -105,7 +109,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--recipes", default="today,params", help="comma-separated: today, params")
+    ap.add_argument("--recipes", default="today,params", help="comma-separated: today, params, causal")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -119,7 +123,8 @@ def main(argv=None) -> None:
     requests = eval_requests(events, "valid", sorted(events)[:20])
     requests = [r for r in requests if r.behavior == "rec"]
     params_train = load_params(args.params).train
-    recipes = {"today": TrainConfig(**{**vars(params_train), **TODAY}), "params": params_train}
+    recipes = {"today": TrainConfig(**{**vars(params_train), **TODAY}), "params": params_train,
+               "causal": TrainConfig(**{**vars(params_train), "causal": True})}
     rows = []
     for size in args.sizes:
         first = None

@@ -142,9 +142,16 @@ def test_tokenizer_keeps_every_identifier_token_whole(tiny):
 def test_no_validation_or_test_event_leaks_into_training_examples(tiny):
     ids, inter = tiny["idmap"], tiny["inter"]
     events = user_events(inter, tiny["queries"])
-    cfg = TrainConfig(history_len=50, tasks={"rec": 1.0, "search": 1.0, "query": 1.0, "adhoc": 1.0})
+    cfg = TrainConfig(history_len=50, tasks={"rec": 1.0, "search": 1.0, "query": 1.0, "adhoc": 1.0}, causal=False)
     builder = ExampleBuilder(events, tiny["items"], ids, cfg)
     held = inter[inter["split"] != "train"]
+    # causal rec sequences hold train clicks only, each a target once
+    causal = ExampleBuilder(events, tiny["items"], ids, TrainConfig(history_len=3, tasks={"rec": 1.0}))
+    train_keys = {(e.item_id, e.step) for evs in events.values() for e in evs if e.split == "train"}
+    seq_clicks = [c[0] for clicks, _ in causal.pools["rec"] for c in clicks]
+    assert seq_clicks and all((e.item_id, e.step) in train_keys for e in seq_clicks)
+    n_targets = sum(len(clicks) - n for clicks, n in causal.pools["rec"])
+    assert n_targets == len({(u, e.step) for u, evs in events.items() for e in evs if e.split == "train"})
     # every target and every history event of every pool is a train event, strictly before the target
     n = 0
     for task in ("rec", "search", "query"):

@@ -63,7 +63,7 @@ def test_twin_events_are_one_click(tiny):
 def test_examples_show_history_len_clicks(tiny):
     """A training example's history has `history_len` clicks even though each click is two events."""
     events = user_events(tiny["inter"], tiny["queries"])
-    cfg = TrainConfig(history_len=2, history_twins="rec", tasks={"rec": 1.0})
+    cfg = TrainConfig(history_len=2, history_twins="rec", tasks={"rec": 1.0}, causal=False)
     builder = ExampleBuilder(events, tiny["items"], tiny["ids"], cfg)
     shown = [ex.source.count("<rec>") for ex in builder.epoch(0)]
     assert max(shown) == 2 and "<query>" not in "".join(ex.source for ex in builder.epoch(0))

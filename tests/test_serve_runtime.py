@@ -84,7 +84,7 @@ def test_tokenization_equals_the_pytorch_path(served):
                "search: history: <rec> <h0_1><h1_2><c2_3><c3_4><d4_0> query: pen search:"]
     ids, mask = rt.encode_sources(sources)
     ref = served["tokenizer"](sources, padding=True, truncation=True, max_length=rt.max_input_tokens,
-                              return_tensors="np")
+                              return_tensors="np", add_special_tokens=not rt.causal)   # causal: no EOS
     assert ids.shape[1] == rt.max_input_tokens                 # the long source was truncated
     assert np.array_equal(ids, ref["input_ids"]) and np.array_equal(mask, ref["attention_mask"])
 
@@ -132,21 +132,25 @@ def test_exhaustive_beam_search_equals_brute_force_scores(tmp_path):
     """With as many beams as items the search is exhaustive: both normalisations must give every
     item exactly the score computed from the PyTorch model's logits token by token."""
     from gensar.model import prompts
+    from gensar.model.levels import t5_hidden
+    from gensar.model.t5 import attention_bias
     from gensar.stages.export import run
 
     world = tiny_world(tmp_path, n_items=30, seed=3)
     run(Params(), model=world["model_dir"], ids=world["ids_dir"], canonical=world["canonical"], out=tmp_path / "onnx")
     model, tok, ids = world["model"], world["tokenizer"], world["ids"]
     history = [("rec", ids.item_ids[0], None), ("search", ids.item_ids[1], "desk lamp")]
-    source = prompts.rec_input(history, ids)
+    causal = Params().train.causal                  # the encoder the export stage writes (params.yaml's)
+    source = prompts.rec_input(history, ids, causal=causal)
     seqs = {i: tok.convert_tokens_to_ids(ids.cid_tokens(i)) for i in ids.item_ids}
     trie = IdentifierTrie(list(seqs.values()), list(seqs))
-    enc = tok([source], return_tensors="pt")
+    enc = tok([source], return_tensors="pt", add_special_tokens=not causal)
     dec = torch.tensor([[model.config.decoder_start_token_id] + s + [tok.eos_token_id] for s in seqs.values()])
+    mask = enc["attention_mask"].repeat(len(dec), 1)
     with torch.no_grad():
-        logits = model(input_ids=enc["input_ids"].repeat(len(dec), 1),
-                       attention_mask=enc["attention_mask"].repeat(len(dec), 1),
-                       decoder_input_ids=dec[:, :-1]).logits                  # [n, L+1, V]
+        hidden = t5_hidden(model, enc["input_ids"].repeat(len(dec), 1), mask, dec[:, 1:],
+                           decoder_input_ids=dec[:, :-1], encoder_bias=attention_bias(mask, True) if causal else None)
+        logits = hidden @ model.lm_head.weight.T                              # [n, L+1, V]
     groups = ids.level_groups()
     level_ids = [torch.tensor(tok.convert_tokens_to_ids(groups[g])) for g in ids.space_groups("cid")]
     expected = {"full": {}, "allowed": {}, "level": {}}

@@ -154,6 +154,7 @@ class TrainConfig:
     id_loss: str = "level"        # level: each identifier level's codes only | full: whole-vocabulary softmax
     init_codes: bool = True       # identifier-token embeddings start from the RQ-VAE codebooks
     drop_constant_codes: bool = False  # leave out a final disambiguation code that is 0 for every item
+    causal: bool = True           # causal encoder: a rec example trains every click of a history in one pass
     label_smoothing: float = 0.0
     lr: float = 2e-3
     schedule: str = "constant"    # constant | inverse_sqrt (after warmup) | cosine (to 0 at the last epoch)

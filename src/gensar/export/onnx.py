@@ -214,8 +214,11 @@ def feed_forward_block(g: Graph, x: str, h: str, stack, i: int) -> tuple[str, st
 # --------------------------------------------------------------------------------------------
 # the exported graphs
 # --------------------------------------------------------------------------------------------
-def encoder_graph(model, opset: int = 17):
-    """input_ids, attention_mask -> encoder states and every decoder layer's cross K/V."""
+def encoder_graph(model, opset: int = 17, causal: bool = False):
+    """input_ids, attention_mask -> encoder states and every decoder layer's cross K/V.
+
+    causal (`train.causal`): a key after its query gets HF's most negative float in the position-bias
+    table, so each token reads itself and the tokens before it only (`gensar.model.t5.attention_bias`)."""
     from onnx import TensorProto as TP
 
     cfg, enc = model.config, model.get_encoder()
@@ -227,8 +230,10 @@ def encoder_graph(model, opset: int = 17):
     # position bias [1, H, S, S]: bias[:, q, k] = table[:, clip(k - q) + M] (T5's buckets are
     # constant beyond max_distance M, so clipping the offset is exact for any length)
     m = enc.block[0].layer[0].SelfAttention.relative_attention_max_distance
-    table = g.weight("position_bias_by_offset",
-                     bias_by_offset(enc.block[0].layer[0].SelfAttention, torch.arange(-m, m + 1), True).T)  # [2M+1, H]
+    table = bias_by_offset(enc.block[0].layer[0].SelfAttention, torch.arange(-m, m + 1), True).T    # [2M+1, H]
+    if causal:
+        table[m + 1:] = NEG_INF                                     # offsets k - q > 0 (clipped at M: still > 0)
+    table = g.weight("position_bias_by_offset", table)
     s = g.op("Squeeze", g.op("Shape", ids, start=1, end=2), g.const([0]))
     pos = g.op("Range", g.const(0), s, g.const(1))                                  # [S]
     offset = g.op("Sub", g.op("Unsqueeze", pos, g.const([0])), g.op("Unsqueeze", pos, g.const([1])))  # [S, S] k - q
@@ -340,7 +345,7 @@ def cache_names(n_layers: int, prefix_k: str, prefix_v: str) -> list[str]:
     return [n for i in range(n_layers) for n in (f"{prefix_k}.{i}", f"{prefix_v}.{i}")]
 
 
-def export_onnx(model, out_dir: str | Path, opset: int = 17) -> dict[str, Path]:
+def export_onnx(model, out_dir: str | Path, opset: int = 17, causal: bool = False) -> dict[str, Path]:
     """Write encoder.onnx, decoder.onnx and decoder_lse.onnx for `model` into `out_dir` (checked)."""
     import onnx
 
@@ -349,7 +354,7 @@ def export_onnx(model, out_dir: str | Path, opset: int = 17) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval().float()
-    graphs = {"encoder": encoder_graph(model, opset), "decoder": decoder_graph(model, False, opset),
+    graphs = {"encoder": encoder_graph(model, opset, causal), "decoder": decoder_graph(model, False, opset),
               "decoder_lse": decoder_graph(model, True, opset)}
     paths = {}
     for name, graph in graphs.items():
@@ -376,7 +381,8 @@ def quantize_int8(paths: dict[str, Path]) -> dict[str, Path]:
     return paths
 
 
-def verify(model, out_dir: str | Path, batch: int = 2, beams: int = 3, src_len: int = 9) -> dict[str, float]:
+def verify(model, out_dir: str | Path, batch: int = 2, beams: int = 3, src_len: int = 9,
+           causal: bool = False) -> dict[str, float]:
     """Run the ONNX graphs and the PyTorch model on the same random inputs; max abs differences.
 
     encoder: against `model.encoder`; decoders: two cached ONNX steps (step 1: one row per request,
@@ -385,6 +391,8 @@ def verify(model, out_dir: str | Path, batch: int = 2, beams: int = 3, src_len: 
     position (decoder.onnx with every token allowed is the same softmax).
     """
     import onnxruntime as ort
+
+    from gensar.model.t5 import encode
 
     out_dir = Path(out_dir)
     cfg = model.config
@@ -416,7 +424,7 @@ def verify(model, out_dir: str | Path, batch: int = 2, beams: int = 3, src_len: 
     allowed1 = sess["decoder"].run(None, feed)[0]
 
     with torch.no_grad():
-        ref_enc = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        ref_enc = encode(model, ids, mask, causal)
         dec_in = torch.stack([torch.from_numpy(np.repeat(step_ids[0], beams)), torch.from_numpy(step_ids[1])], 1)
         ref = model(encoder_outputs=(ref_enc.repeat_interleave(beams, 0),),
                     attention_mask=mask.repeat_interleave(beams, 0), decoder_input_ids=dec_in).logits
@@ -468,15 +476,16 @@ def write_export(model, tokenizer, ids_dir: str | Path, items, out_dir: str | Pa
     ids = IdentifierMap.load(ids_dir, bool(generation.get("drop_constant_codes", False)))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = export_onnx(model, out_dir, opset)
-    diffs = verify(model, out_dir)
+    causal = bool(generation.get("causal", False))
+    paths = export_onnx(model, out_dir, opset, causal)
+    diffs = verify(model, out_dir, causal=causal)
     worst = max(diffs.values())
     if not worst <= tolerance:
         raise RuntimeError(f"{out_dir}: ONNX graphs differ from the PyTorch model by {worst:.3g} "
                            f"(> export.tolerance {tolerance}): {diffs}")
     if quantize:
         quantize_int8(paths)
-        diffs_int8 = verify(model, out_dir)
+        diffs_int8 = verify(model, out_dir, causal=causal)
         logger.info("int8 export vs PyTorch fp32: %s", diffs_int8)
     np.save(out_dir / "lm_head.npy", lm_head_matrix(model))
     tokenizer.save_pretrained(str(out_dir / "tokenizer"))

@@ -11,6 +11,11 @@ click count once, rendered by `train.history_twins`), and the tasks are
     adhoc   search event  the query alone         -> SID of the item       (prompts.adhoc_input)
     align   every item    item text -> SID, item text -> CID, SID -> title, CID -> title
 
+With `train.causal` (a causal encoder) a rec example is one stretch of a user's clicks
+(`rec_chunks`: up to `history_len` target clicks behind `history_len` clicks of context), rendered
+by `prompts.rec_sequence`, with a target after every `<rec>`: each target reads exactly what the
+inference input of its history gives the encoder, and the trainer packs all of them into one pass.
+
 Validation and test events are never targets and never in a training history. Validation requests
 (model selection) and test requests (evaluation) use the events strictly before their step, of any
 split (`eval_requests`).
@@ -51,8 +56,9 @@ class Event(NamedTuple):
 @dataclass(frozen=True)
 class Example:
     task: str
-    source: str      # encoder input text
-    target: str      # decoder target text
+    source: str                          # encoder input text
+    target: str | tuple[str | None, ...]  # decoder target text; a rec sequence (`train.causal`): the
+                                         # identifier after each `<rec>` of the source (None: no target)
 
 
 @dataclass(frozen=True)
@@ -101,15 +107,20 @@ class ExampleBuilder:
             raise ValueError(f"train.tasks: unknown task(s) {sorted(unknown)} (known: {', '.join(TASKS)})")
         # pools of (task, payload) with payloads small tuples; texts are rendered per epoch
         self.pools: dict[str, list[tuple]] = {t: [] for t in TASKS}
+        if cfg.causal and cfg.history_twins == "both":
+            raise ValueError("train.causal: a click must show one entry; set train.history_twins to rec or search")
         for user, evs in events.items():
             train = [e for e in evs if e.split == "train"]
+            if cfg.causal:
+                self.pools["rec"] += rec_chunks(prompts.history_clicks(train, cfg.history_twins), cfg.history_len)
             for e in train:
                 if e.item_id not in ids:
                     raise ValueError(f"interactions: item {e.item_id!r} of user {user!r} has no identifier")
                 # twins make a click up to two events: keep enough events for history_len clicks
                 hist = [h for h in train if h.step < e.step][-2 * cfg.history_len:] if cfg.history_len else []
                 if e.behavior == "rec":
-                    self.pools["rec"].append((hist, e))
+                    if not cfg.causal:            # causal: the user's rec sequences above
+                        self.pools["rec"].append((hist, e))
                 else:
                     self.pools["search"].append((hist, e))
                     self.pools["query"].append((hist, e))
@@ -149,6 +160,10 @@ class ExampleBuilder:
         c, ids = self.cfg, self.ids
         kw = {"history_len": c.history_len, "max_query_words": c.max_query_tokens, "template": None, "rng": rng,
               "twins": c.history_twins}
+        if task == "rec" and c.causal:
+            clicks, n_context = payload
+            source, targets = prompts.rec_sequence(clicks, ids, n_context, c.max_query_tokens)
+            return [Example(task, source, targets)]
         if task == "rec":
             hist, e = payload
             return [Example(task, prompts.rec_input(hist, ids, **kw), prompts.id_target(e.item_id, "cid", ids))]
@@ -174,6 +189,16 @@ class ExampleBuilder:
             Example(task, prompts.id_to_text_input(item, "cid", ids, None, rng),
                     prompts.text_target(title, c.max_query_tokens * 2)),
         ]
+
+
+def rec_chunks(clicks: list[list], history_len: int) -> list[tuple[list[list], int]]:
+    """A user's clicks cut for causal rec sequences: (clicks, n_context) pieces in which the clicks
+    after the first n_context are targets. Each click is a target exactly once, and sees at least
+    `history_len` clicks before it (all it has when fewer): the targets come in runs of
+    `history_len`, each behind the `history_len` clicks before it as context."""
+    step = max(1, history_len)
+    return [(clicks[max(0, s - history_len):s + step], s - max(0, s - history_len))
+            for s in range(0, len(clicks), step)]
 
 
 def eval_requests(events: dict[str, list[Event]], split: str = "valid", users: list[str] | None = None

@@ -28,8 +28,9 @@ from transformers import LogitsProcessorList
 
 from gensar.config import TrainConfig
 from gensar.model import prompts
-from gensar.model.levels import LevelTrieProcessor, LevelVocab
+from gensar.model.levels import LevelTrieProcessor, LevelVocab, t5_hidden
 from gensar.model.prompts import IdentifierMap
+from gensar.model.t5 import attention_bias, encode
 from gensar.model.tokenizer import check_single_tokens
 from gensar.model.trie import IdentifierTrie
 
@@ -99,8 +100,7 @@ class GenSARModel:
             nxt = tries[batch_id].allowed_after(prefix[1:].tolist())
             return nxt or [eos]          # complete, finished (EOS emitted) or padding: only EOS
 
-        enc = self.tokenizer(list(sources), return_tensors="pt", padding=True, truncation=True,
-                             max_length=self.cfg.max_input_tokens).to(self.device)
+        enc = self.encode_sources(sources)
         self.model.eval()
         if self.levels is not None:
             constrain = {"logits_processor": LogitsProcessorList(
@@ -108,7 +108,7 @@ class GenSARModel:
         else:
             constrain = {"prefix_allowed_tokens_fn": allowed}
         out = self.model.generate(
-            **enc, num_beams=beams, num_return_sequences=beams, do_sample=False,
+            **self._encoded(enc), num_beams=beams, num_return_sequences=beams, do_sample=False,
             max_new_tokens=depth + 1, length_penalty=0.0, early_stopping=True,
             output_scores=True, return_dict_in_generate=True, **constrain)
         seqs = out.sequences.view(len(sources), beams, -1)[:, :, 1:depth + 1].tolist()  # drop start
@@ -126,9 +126,25 @@ class GenSARModel:
         return results
 
     # ----------------------------------------------------------------------------------------
+    def encode_sources(self, sources: Sequence[str]) -> dict[str, torch.Tensor]:
+        """input_ids and attention_mask of encoder inputs (a causal model's inputs carry no EOS: they end
+        where the request does, as its training inputs)."""
+        return self.tokenizer(list(sources), return_tensors="pt", padding=True, truncation=True,
+                              max_length=self.cfg.max_input_tokens,
+                              add_special_tokens=not self.cfg.causal).to(self.device)
+
+    def _encoded(self, enc) -> dict:
+        """`generate` arguments: the inputs, or for a causal encoder its states computed here."""
+        if not self.cfg.causal:
+            return dict(enc)
+        from transformers.modeling_outputs import BaseModelOutput
+
+        states = encode(self.model, enc["input_ids"], enc["attention_mask"], causal=True)
+        return {"encoder_outputs": BaseModelOutput(last_hidden_state=states), "attention_mask": enc["attention_mask"]}
+
     def _kw(self):
         return {"history_len": self.cfg.history_len, "max_query_words": self.cfg.max_query_tokens,
-                "twins": self.cfg.history_twins}
+                "twins": self.cfg.history_twins, "causal": self.cfg.causal}
 
     def sources(self, behavior: str, histories: Sequence[Sequence], queries: Sequence[str] | None = None
                 ) -> list[str]:
@@ -159,10 +175,11 @@ class GenSARModel:
         correct = np.zeros(depth)
         self.model.eval()
         for i in range(0, len(sources), batch):
-            enc = self.tokenizer(list(sources[i:i + batch]), return_tensors="pt", padding=True, truncation=True,
-                                 max_length=self.cfg.max_input_tokens).to(self.device)
+            enc = self.encode_sources(sources[i:i + batch])
             labels = torch.tensor([self.codes[space][t] for t in targets[i:i + batch]], device=self.device)
-            logits = self.model(**enc, decoder_input_ids=self.model._shift_right(labels)).logits  # [b, depth, V]
+            bias = attention_bias(enc["attention_mask"], True) if self.cfg.causal else None
+            hidden = t5_hidden(self.model, enc["input_ids"], enc["attention_mask"], labels, encoder_bias=bias)
+            logits = hidden @ self.model.lm_head.weight.T                                # [b, depth, V]
             for t in range(depth):
                 if groups is None:
                     pred = logits[:, t].argmax(-1)
@@ -184,6 +201,6 @@ class GenSARModel:
     def next_query(self, history: Sequence, beams: int = 4, max_new_tokens: int = 24) -> str:
         """The query the model expects the user to type next (free text, unconstrained)."""
         src = prompts.query_input(history, self.ids, **self._kw())
-        enc = self.tokenizer([src], return_tensors="pt").to(self.device)
-        out = self.model.generate(**enc, num_beams=beams, do_sample=False, max_new_tokens=max_new_tokens)
+        enc = self.encode_sources([src])
+        out = self.model.generate(**self._encoded(enc), num_beams=beams, do_sample=False, max_new_tokens=max_new_tokens)
         return self.tokenizer.decode(out[0], skip_special_tokens=True)

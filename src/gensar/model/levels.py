@@ -90,13 +90,18 @@ class LevelVocab:
         return total / max(count, 1)
 
 
-def t5_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-              ) -> torch.Tensor:
+def t5_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+              decoder_input_ids: torch.Tensor | None = None, encoder_bias: torch.Tensor | None = None,
+              decoder_mask: torch.Tensor | None = None, cross_mask: torch.Tensor | None = None) -> torch.Tensor:
     """T5's decoder outputs for teacher forcing, scaled as `T5ForConditionalGeneration` scales them
-    before `lm_head` ([B, T, D]); the same computation as its forward, without the full logits."""
-    enc = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    dec = model.decoder(input_ids=model._shift_right(labels), encoder_hidden_states=enc,
-                        encoder_attention_mask=attention_mask).last_hidden_state
+    before `lm_head` ([B, T, D]); the same computation as its forward, without the full logits.
+    The optional masks are those of packed causal rec sequences (`gensar.model.train.Collate`)."""
+    enc = model.encoder(input_ids=input_ids,
+                        attention_mask=encoder_bias if encoder_bias is not None else attention_mask).last_hidden_state
+    dec_in = decoder_input_ids if decoder_input_ids is not None else model._shift_right(labels)
+    dec = model.decoder(input_ids=dec_in, attention_mask=decoder_mask, encoder_hidden_states=enc,
+                        encoder_attention_mask=cross_mask if cross_mask is not None else attention_mask
+                        ).last_hidden_state
     if model.config.scale_decoder_outputs:
         dec = dec * (model.model_dim ** -0.5)
     return dec
@@ -104,21 +109,21 @@ def t5_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labe
 
 class Seq2SeqLoss(torch.nn.Module):
     """The training objective as a module (so DDP wraps one forward): HF's full-vocabulary loss, or
-    the identifier-aware loss of `LevelVocab` when `levels` is given."""
+    the identifier-aware loss of `LevelVocab` when `levels` is given. `packed` holds the extra inputs
+    of a batch with causal rec sequences (decoder_input_ids and the three masks of `Collate`)."""
 
     def __init__(self, model, levels: LevelVocab | None = None, label_smoothing: float = 0.0):
         super().__init__()
         self.model, self.levels, self.label_smoothing = model, levels, label_smoothing
 
-    def forward(self, input_ids, attention_mask, labels):
-        if self.levels is None and not self.label_smoothing:
+    def forward(self, input_ids, attention_mask, labels, **packed):
+        if self.levels is None and not self.label_smoothing and not packed:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        if self.levels is None:          # HF's logits, our cross-entropy (HF's loss has no smoothing)
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                decoder_input_ids=self.model._shift_right(labels)).logits
+        hidden = t5_hidden(self.model, input_ids, attention_mask, labels, **packed)
+        if self.levels is None:          # whole vocabulary, our cross-entropy (HF's loss has no smoothing)
+            logits = hidden @ self.model.lm_head.weight.T
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                    ignore_index=-100, label_smoothing=self.label_smoothing)
-        hidden = t5_hidden(self.model, input_ids, attention_mask, labels)
         return self.levels.loss(hidden, labels, self.model.lm_head.weight, self.label_smoothing)
 
 

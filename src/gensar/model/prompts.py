@@ -172,22 +172,51 @@ def history_clicks(history: Sequence, twins: str = "rec") -> list[list]:
     return out
 
 
+def render_event(ev, ids: IdentifierMap, max_query_words: int = 16) -> str:
+    """One history entry: `<rec> CID` or `<query> words <click> SID`."""
+    behavior, item_id, query = ev[0], ev[1], ev[2]
+    if behavior == "rec":
+        return f"{REC} {id_string(item_id, 'cid', ids)}"
+    if behavior == "search":
+        return f"{QUERY} {clip_words(query or '', max_query_words)} {CLICK} {id_string(item_id, 'sid', ids)}"
+    raise ValueError(f"history event {tuple(ev)!r}: behavior must be 'rec' or 'search'")
+
+
 def render_history(history: Sequence, ids: IdentifierMap, history_len: int = 5,
-                   max_query_words: int = 16, twins: str = "rec") -> str:
+                   max_query_words: int = 16, twins: str = "rec", empty: str = "none") -> str:
     """The `history_len` most recent clicks as behavior-token text (see module docstring)."""
-    parts = []
     clicks = history_clicks(history, twins)[-history_len:] if history_len > 0 else []
-    for click in clicks:
-        for ev in click:
-            behavior, item_id, query = ev[0], ev[1], ev[2]
-            if behavior == "rec":
-                parts.append(f"{REC} {id_string(item_id, 'cid', ids)}")
-            elif behavior == "search":
-                q = clip_words(query or "", max_query_words)
-                parts.append(f"{QUERY} {q} {CLICK} {id_string(item_id, 'sid', ids)}")
-            else:
-                raise ValueError(f"history event {tuple(ev)!r}: behavior must be 'rec' or 'search'")
-    return " ".join(parts) if parts else "none"
+    parts = [render_event(ev, ids, max_query_words) for click in clicks for ev in click]
+    return " ".join(parts) if parts else empty
+
+
+# Causal encoder (`train.causal`): the recommendation input ends with the behavior token of the click to
+# come, so the input of a request with history h is exactly the first tokens of the input of a longer
+# history that starts with h: one sequence of clicks trains every position (`rec_sequence`).
+REC_CAUSAL = "recommend: history: {h} " + REC
+
+
+def rec_sequence(clicks: Sequence[Sequence], ids: IdentifierMap, n_context: int = 0,
+                 max_query_words: int = 16) -> tuple[str, tuple[str | None, ...]]:
+    """One causal training input over `clicks` (lists of events, `history_clicks`) and its targets.
+
+    Returns (source, targets): the source renders every click, and `targets[k]` is the CID that
+    follows the k-th `<rec>` token of the source (the k-th recommendation click), or None where it is
+    not a target (the first `n_context` clicks are history only). What the encoder has read up to
+    and including that `<rec>` is exactly `rec_input(clicks before it, causal=True)`, the inference
+    input. Search clicks are history only here (their SID is trained by the search task, whose input
+    template differs).
+    """
+    parts, targets = [], []
+    for k, click in enumerate(clicks):
+        if len(click) != 1:
+            raise ValueError("rec_sequence: a click must render as one entry (train.causal needs "
+                             "train.history_twins rec or search)")
+        ev = click[0]
+        parts.append(render_event(ev, ids, max_query_words))
+        if ev[0] == "rec":
+            targets.append(id_string(ev[1], "cid", ids) if k >= n_context else None)
+    return "recommend: history: " + " ".join(parts), tuple(targets)
 
 
 # Several templates per task for training; template 0 is THE inference template.
@@ -238,20 +267,25 @@ def _pick(task: str, template: int | None, rng: random.Random | None) -> str:
 
 
 def rec_input(history: Sequence, ids: IdentifierMap, history_len: int = 5, max_query_words: int = 16,
-              template: int | None = 0, rng: random.Random | None = None, twins: str = "rec") -> str:
+              template: int | None = 0, rng: random.Random | None = None, twins: str = "rec",
+              causal: bool = False) -> str:
+    if causal:    # the one template `rec_sequence` trains; an empty history shows nothing
+        h = render_history(history, ids, history_len, max_query_words, twins, empty="")
+        return REC_CAUSAL.format(h=h).replace("  ", " ")
     h = render_history(history, ids, history_len, max_query_words, twins)
     return _pick("rec", template, rng).format(h=h)
 
 
 def search_input(query: str, history: Sequence, ids: IdentifierMap, history_len: int = 5,
                  max_query_words: int = 16, template: int | None = 0,
-                 rng: random.Random | None = None, twins: str = "rec") -> str:
+                 rng: random.Random | None = None, twins: str = "rec", causal: bool = False) -> str:
     h = render_history(history, ids, history_len, max_query_words, twins)
     return _pick("search", template, rng).format(h=h, q=clip_words(query, max_query_words))
 
 
 def query_input(history: Sequence, ids: IdentifierMap, history_len: int = 5, max_query_words: int = 16,
-                template: int | None = 0, rng: random.Random | None = None, twins: str = "rec") -> str:
+                template: int | None = 0, rng: random.Random | None = None, twins: str = "rec",
+                causal: bool = False) -> str:
     h = render_history(history, ids, history_len, max_query_words, twins)
     return _pick("query", template, rng).format(h=h)
 

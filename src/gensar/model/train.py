@@ -46,6 +46,7 @@ from gensar.io import atomic_path
 from gensar.logs import progress
 from gensar.model.examples import Example, ExampleBuilder, Request
 from gensar.model.levels import LevelVocab, Seq2SeqLoss
+from gensar.model.prompts import REC
 
 logger = logging.getLogger(__name__)
 
@@ -136,34 +137,88 @@ def lr_multiplier(schedule: str, step: int, warmup: int, total: int) -> float:
 # batches
 # --------------------------------------------------------------------------------------------
 class Collate:
-    """Pre-tokenized examples -> padded `input_ids`, `attention_mask`, `labels` (-100 on padding).
+    """Pre-tokenized examples -> padded tensors; an example is (source ids, [(target ids, visible)]).
 
-    Each epoch's sources and targets are tokenized once, up front (`tokenize_epoch`), so batches can
-    be bucketed by their real token counts; a batch only pads.
+    An ordinary example has one target that sees the whole source: the batch is `input_ids`,
+    `attention_mask` and `labels` (-100 on padding), as HF's T5 takes them. A causal rec sequence
+    (`train.causal`) has one target per click: the targets are packed one after the other into one
+    decoder row, each a block that starts with the decoder start token, and three masks keep them
+    apart (additive, [B, 1, query, key]):
+
+        encoder_bias  [B, 1, S, S]  causal: token t reads tokens <= t
+        decoder_mask  [B, 1, T, T]  a block reads itself only, causally
+        cross_mask    [B, 1, T, S]  block k reads the first `visible` encoder states: the source up to
+                                    and including its `<rec>`, as if the input ended there
+
+    T5's decoder position bias depends on offsets inside the block only, so a packed block computes
+    what the same target decoded alone would (tested).
     """
 
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
+    def __init__(self, pad_id: int, causal: bool = False):
+        self.pad_id, self.causal = pad_id, causal
 
-    def __call__(self, batch: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: list[tuple[list[int], list[tuple[list[int], int]]]]) -> dict[str, torch.Tensor]:
+        from gensar.model.t5 import attention_bias
+
         src_len = max(len(s) for s, _ in batch)
-        tgt_len = max(len(t) for _, t in batch)
+        tgt_len = max(sum(len(t) for t, _ in blocks) for _, blocks in batch)
         input_ids = torch.full((len(batch), src_len), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), src_len), dtype=torch.long)
         labels = torch.full((len(batch), tgt_len), -100, dtype=torch.long)
-        for i, (src, tgt) in enumerate(batch):
+        for i, (src, blocks) in enumerate(batch):
             input_ids[i, :len(src)] = torch.as_tensor(src)
             mask[i, :len(src)] = 1
-            labels[i, :len(tgt)] = torch.as_tensor(tgt)
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+            labels[i, :sum(len(t) for t, _ in blocks)] = torch.as_tensor([x for t, _ in blocks for x in t])
+        out = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        if not self.causal:
+            return out
+        neg = torch.finfo(torch.float32).min
+        dec_in = torch.full((len(batch), tgt_len), self.pad_id, dtype=torch.long)
+        block = torch.full((len(batch), tgt_len), -1, dtype=torch.long)        # block index of each target token
+        visible = torch.zeros((len(batch), tgt_len), dtype=torch.long)         # encoder states it may read
+        for i, (_, blocks) in enumerate(batch):
+            at = 0
+            for k, (tgt, vis) in enumerate(blocks):
+                dec_in[i, at + 1:at + len(tgt)] = torch.as_tensor(tgt[:-1])   # start token, then the target shifted
+                block[i, at:at + len(tgt)] = k
+                visible[i, at:at + len(tgt)] = vis
+                at += len(tgt)
+        tri = torch.ones(tgt_len, tgt_len, dtype=torch.bool).tril()
+        same = (block[:, :, None] == block[:, None, :]) & (block[:, :, None] >= 0) & tri   # [B, T, T]
+        reads = torch.arange(src_len)[None, None, :] < visible[:, :, None]                   # [B, T, S]
+        out.update(n_targets=torch.tensor(sum(len(b) for _, b in batch)), decoder_input_ids=dec_in, encoder_bias=attention_bias(mask, True),
+                   decoder_mask=torch.zeros(same.shape).masked_fill(~same, neg)[:, None],
+                   cross_mask=torch.zeros(reads.shape).masked_fill(~reads, neg)[:, None])
+        return out
 
 
-def tokenize_epoch(tokenizer, examples: list[Example], max_input: int, max_target: int
-                   ) -> list[tuple[list[int], list[int]]]:
-    """(source ids, target ids) of every example, truncated like the inference path's tokenizer call."""
-    src = tokenizer([e.source for e in examples], truncation=True, max_length=max_input).input_ids
-    tgt = tokenizer([e.target for e in examples], truncation=True, max_length=max_target).input_ids
-    return list(zip(src, tgt))
+def tokenize_epoch(tokenizer, examples: list[Example], max_input: int, max_target: int, causal: bool = False
+                   ) -> list[tuple[list[int], list[tuple[list[int], int]]]]:
+    """(source ids, [(target ids, visible source tokens)]) of every example, truncated like the inference
+    path's tokenizer call. With `causal` sources carry no EOS (a causal input ends where its request
+    does); a rec sequence's k-th target sits after the k-th `<rec>` of its source, and targets cut off
+    by the truncation are dropped."""
+    src = tokenizer([e.source for e in examples], truncation=True, max_length=max_input,
+                    add_special_tokens=not causal).input_ids
+    plain = [i for i, e in enumerate(examples) if isinstance(e.target, str)]
+    tgt = dict(zip(plain, tokenizer([examples[i].target for i in plain], truncation=True,
+                                    max_length=max_target).input_ids)) if plain else {}
+    seq_ids = sorted({t for e in examples if not isinstance(e.target, str) for t in e.target if t is not None})
+    codes = dict(zip(seq_ids, tokenizer(seq_ids, add_special_tokens=False).input_ids)) if seq_ids else {}
+    rec = tokenizer.convert_tokens_to_ids(REC)
+    out, cut = [], 0
+    for i, (e, s) in enumerate(zip(examples, src)):
+        if i in tgt:
+            out.append((s, [(tgt[i], len(s))]))
+            continue
+        marks = [p for p, t in enumerate(s) if t == rec]
+        blocks = [(codes[t], p + 1) for p, t in zip(marks, e.target) if t is not None]
+        cut += sum(t is not None for t in e.target[len(marks):])
+        if blocks:
+            out.append((s, blocks))
+    if cut:
+        logger.info("examples: %d rec targets beyond train.max_input_tokens = %d dropped", cut, max_input)
+    return out
 
 
 def length_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int = 0,
@@ -311,7 +366,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(cfg.schedule, s, warmup, total))
     amp = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    collate = Collate(tokenizer.pad_token_id)
+    collate = Collate(tokenizer.pad_token_id, cfg.causal)
     max_target = max(cfg.max_query_tokens * 2, 16) + 8
     budget = cfg.max_minutes * 60.0
 
@@ -382,7 +437,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
             break
         t0 = time.perf_counter()
         examples = builder.epoch(epoch, cfg.seed)
-        data = tokenize_epoch(tokenizer, examples, cfg.max_input_tokens, max_target)
+        data = tokenize_epoch(tokenizer, examples, cfg.max_input_tokens, max_target, cfg.causal)
         lengths = np.array([len(src) for src, _ in data])               # real token counts
         batches = length_batches(lengths, cfg.batch_size, cfg.seed, epoch, d.rank, d.world)
         loader = DataLoader(data, batch_sampler=batches, collate_fn=collate)
@@ -393,6 +448,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         bar = progress(loader, desc=f"epoch {epoch}", disable=not d.main, mininterval=2.0)
         for i, batch in enumerate(bar):
             t_step = time.perf_counter()
+            targets = int(batch.pop("n_targets", batch["input_ids"].shape[0]))   # a rec sequence has many
             batch = {k: v.to(device) for k, v in batch.items()}
             last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
             sync = last_micro or d.world == 1
@@ -410,7 +466,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
                 st["step"] += 1
             since["loss"] += loss.item()
             since["batches"] += 1
-            since["examples"] += batch["input_ids"].shape[0]
+            since["examples"] += targets
             elapsed = time.perf_counter() - t_step
             since["seconds"] += elapsed
             st["train_seconds"] += elapsed

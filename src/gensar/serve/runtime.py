@@ -81,8 +81,9 @@ class Runtime:
         self.start_id, self.eos_id = gen["decoder_start_token_id"], gen["eos_token_id"]
         self.score_eos = bool(gen.get("score_eos", True))
         self.max_input_tokens = gen["max_input_tokens"]
+        self.causal = bool(gen.get("causal", False))
         self.prompt_kw = {"history_len": gen["history_len"], "max_query_words": gen["max_query_words"],
-                          "twins": gen["history_twins"]}
+                          "twins": gen["history_twins"], "causal": self.causal}
         self.model = OnnxSeq2Seq(export_dir, provider, threads, spin)
         self.tokenizer = load_tokenizer(export_dir / "tokenizer")
         # the Rust tokenizer with the same truncation, encoding one source at a time: its batch
@@ -135,8 +136,9 @@ class Runtime:
 
     # ----------------------------------------------------------------------------------------
     def encode_sources(self, sources: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids like the PyTorch path's tokenizer call (truncation to max_input_tokens, right padding)."""
-        rows = [self.backend.encode(s).ids for s in sources]
+        """Token ids like the PyTorch path's tokenizer call (truncation to max_input_tokens, right padding;
+        no EOS for a causal encoder)."""
+        rows = [self.backend.encode(s, add_special_tokens=not self.causal).ids for s in sources]
         width = max(len(r) for r in rows)
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
