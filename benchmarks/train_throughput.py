@@ -56,7 +56,7 @@ def bench(size: str, recipe: str, tok, builder, cfg: TrainConfig, ids, requests,
           bucketed: bool = False, latency: bool = True):
     torch.manual_seed(0)
     model = build_model(ModelConfig(size=size), len(tok), tok.pad_token_id, tok.eos_token_id).to(device)
-    objective = Seq2SeqLoss(model, LevelVocab(tok, ids) if cfg.id_loss == "level" else None)
+    objective = Seq2SeqLoss(model, LevelVocab(tok, ids) if cfg.id_loss == "level" else None, causal=cfg.causal)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     amp = autocast_dtype("auto", device)
     examples = tokenize_epoch(tok, builder.epoch(0, 0), cfg.max_input_tokens, cfg.max_query_tokens * 2 + 8,

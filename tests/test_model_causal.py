@@ -12,7 +12,7 @@ from gensar.model.examples import Event, Example, ExampleBuilder, rec_chunks, us
 from gensar.model.generate import GenSARModel
 from gensar.model.levels import LevelVocab, Seq2SeqLoss, t5_hidden
 from gensar.model.prompts import IdentifierMap
-from gensar.model.t5 import attention_bias, build_model
+from gensar.model.t5 import build_model
 from gensar.model.tokenizer import train_tokenizer
 from gensar.model.train import Collate, tokenize_epoch
 from tests.test_model_data import make_tiny_dataset
@@ -78,17 +78,17 @@ def test_packed_targets_compute_what_each_target_alone_does(tiny):
     batch = Collate(tok.pad_token_id, causal=True)(data)
     assert int(batch.pop("n_targets")) == 5
     with torch.no_grad():
-        packed = t5_hidden(model, **batch)                               # [1, 5 * L, D]
+        packed = t5_hidden(model, **batch, causal=True)                               # [1, 5 * L, D]
         at = 0
         for tgt, vis in blocks:
             alone_src = torch.tensor([src[:vis]])
             mask = torch.ones_like(alone_src)
             labels = torch.tensor([tgt])
-            alone = t5_hidden(model, alone_src, mask, labels, encoder_bias=attention_bias(mask, True))
+            alone = t5_hidden(model, alone_src, mask, labels, causal=True)
             torch.testing.assert_close(packed[0, at:at + len(tgt)], alone[0], atol=1e-5, rtol=1e-4)
             at += len(tgt)
     # the loss runs on the packed batch and its gradient reaches the encoder
-    loss = Seq2SeqLoss(model, LevelVocab(tok, ids))(**batch)
+    loss = Seq2SeqLoss(model, LevelVocab(tok, ids), causal=True)(**batch)
     loss.backward()
     assert torch.isfinite(loss) and model.encoder.block[0].layer[0].SelfAttention.q.weight.grad.abs().sum() > 0
     model.zero_grad()

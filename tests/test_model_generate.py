@@ -70,14 +70,12 @@ def test_score_is_the_total_log_probability_of_identifier_and_eos(gm):
     item, score = gm.recommend(HIST, k=1)[0]
     from gensar.model import prompts
     from gensar.model.levels import t5_hidden
-    from gensar.model.t5 import attention_bias
 
     src = prompts.rec_input(HIST, gm.ids, causal=gm.cfg.causal)
     enc = gm.encode_sources([src])
     labels = torch.tensor([gm.codes["cid"][item] + [gm.eos]])
-    bias = attention_bias(enc["attention_mask"], True) if gm.cfg.causal else None   # the encoder it was trained with
     with torch.no_grad():
-        hidden = t5_hidden(gm.model, enc["input_ids"], enc["attention_mask"], labels, encoder_bias=bias)
+        hidden = t5_hidden(gm.model, enc["input_ids"], enc["attention_mask"], labels, causal=gm.cfg.causal)
         logits = hidden @ gm.model.lm_head.weight.T                       # (1, depth+1, vocab)
     logp = torch.log_softmax(logits, -1).gather(-1, labels[..., None]).sum().item()
     assert score == pytest.approx(logp, abs=1e-4)

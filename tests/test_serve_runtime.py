@@ -133,7 +133,6 @@ def test_exhaustive_beam_search_equals_brute_force_scores(tmp_path):
     item exactly the score computed from the PyTorch model's logits token by token."""
     from gensar.model import prompts
     from gensar.model.levels import t5_hidden
-    from gensar.model.t5 import attention_bias
     from gensar.stages.export import run
 
     world = tiny_world(tmp_path, n_items=30, seed=3)
@@ -149,7 +148,7 @@ def test_exhaustive_beam_search_equals_brute_force_scores(tmp_path):
     mask = enc["attention_mask"].repeat(len(dec), 1)
     with torch.no_grad():
         hidden = t5_hidden(model, enc["input_ids"].repeat(len(dec), 1), mask, dec[:, 1:],
-                           decoder_input_ids=dec[:, :-1], encoder_bias=attention_bias(mask, True) if causal else None)
+                           decoder_input_ids=dec[:, :-1], causal=causal)
         logits = hidden @ model.lm_head.weight.T                              # [n, L+1, V]
     groups = ids.level_groups()
     level_ids = [torch.tensor(tok.convert_tokens_to_ids(groups[g])) for g in ids.space_groups("cid")]

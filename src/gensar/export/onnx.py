@@ -218,7 +218,7 @@ def encoder_graph(model, opset: int = 17, causal: bool = False):
     """input_ids, attention_mask -> encoder states and every decoder layer's cross K/V.
 
     causal (`train.causal`): a key after its query gets HF's most negative float in the position-bias
-    table, so each token reads itself and the tokens before it only (`gensar.model.t5.attention_bias`)."""
+    table, so each token reads itself and the tokens before it only (`gensar.model.t5.causal_bias`)."""
     from onnx import TensorProto as TP
 
     cfg, enc = model.config, model.get_encoder()

@@ -30,7 +30,7 @@ from gensar.config import TrainConfig
 from gensar.model import prompts
 from gensar.model.levels import LevelTrieProcessor, LevelVocab, t5_hidden
 from gensar.model.prompts import IdentifierMap
-from gensar.model.t5 import attention_bias, encode
+from gensar.model.t5 import encode
 from gensar.model.tokenizer import check_single_tokens
 from gensar.model.trie import IdentifierTrie
 
@@ -177,8 +177,7 @@ class GenSARModel:
         for i in range(0, len(sources), batch):
             enc = self.encode_sources(sources[i:i + batch])
             labels = torch.tensor([self.codes[space][t] for t in targets[i:i + batch]], device=self.device)
-            bias = attention_bias(enc["attention_mask"], True) if self.cfg.causal else None
-            hidden = t5_hidden(self.model, enc["input_ids"], enc["attention_mask"], labels, encoder_bias=bias)
+            hidden = t5_hidden(self.model, enc["input_ids"], enc["attention_mask"], labels, causal=self.cfg.causal)
             logits = hidden @ self.model.lm_head.weight.T                                # [b, depth, V]
             for t in range(depth):
                 if groups is None:

@@ -91,13 +91,15 @@ class LevelVocab:
 
 
 def t5_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-              decoder_input_ids: torch.Tensor | None = None, encoder_bias: torch.Tensor | None = None,
-              decoder_mask: torch.Tensor | None = None, cross_mask: torch.Tensor | None = None) -> torch.Tensor:
+              decoder_input_ids: torch.Tensor | None = None, decoder_mask: torch.Tensor | None = None,
+              cross_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
     """T5's decoder outputs for teacher forcing, scaled as `T5ForConditionalGeneration` scales them
     before `lm_head` ([B, T, D]); the same computation as its forward, without the full logits.
-    The optional masks are those of packed causal rec sequences (`gensar.model.train.Collate`)."""
-    enc = model.encoder(input_ids=input_ids,
-                        attention_mask=encoder_bias if encoder_bias is not None else attention_mask).last_hidden_state
+    `causal`: the causal encoder (`gensar.model.t5.encode`); the optional decoder inputs and masks are
+    those of packed causal rec sequences (`gensar.model.train.Collate`)."""
+    from gensar.model.t5 import encode
+
+    enc = encode(model, input_ids, attention_mask, causal)
     dec_in = decoder_input_ids if decoder_input_ids is not None else model._shift_right(labels)
     dec = model.decoder(input_ids=dec_in, attention_mask=decoder_mask, encoder_hidden_states=enc,
                         encoder_attention_mask=cross_mask if cross_mask is not None else attention_mask
@@ -110,16 +112,17 @@ def t5_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labe
 class Seq2SeqLoss(torch.nn.Module):
     """The training objective as a module (so DDP wraps one forward): HF's full-vocabulary loss, or
     the identifier-aware loss of `LevelVocab` when `levels` is given. `packed` holds the extra inputs
-    of a batch with causal rec sequences (decoder_input_ids and the three masks of `Collate`)."""
+    of a batch with causal rec sequences (decoder_input_ids and the two masks of `Collate`); `causal`
+    says the encoder is causal (`train.causal`)."""
 
-    def __init__(self, model, levels: LevelVocab | None = None, label_smoothing: float = 0.0):
+    def __init__(self, model, levels: LevelVocab | None = None, label_smoothing: float = 0.0, causal: bool = False):
         super().__init__()
-        self.model, self.levels, self.label_smoothing = model, levels, label_smoothing
+        self.model, self.levels, self.label_smoothing, self.causal = model, levels, label_smoothing, causal
 
     def forward(self, input_ids, attention_mask, labels, **packed):
-        if self.levels is None and not self.label_smoothing and not packed:
+        if self.levels is None and not self.label_smoothing and not packed and not self.causal:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        hidden = t5_hidden(self.model, input_ids, attention_mask, labels, **packed)
+        hidden = t5_hidden(self.model, input_ids, attention_mask, labels, causal=self.causal, **packed)
         if self.levels is None:          # whole vocabulary, our cross-entropy (HF's loss has no smoothing)
             logits = hidden @ self.model.lm_head.weight.T
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),

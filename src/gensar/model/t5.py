@@ -78,27 +78,23 @@ def resize_vocab(model: T5ForConditionalGeneration, vocab_size: int) -> int:
     return vocab_size - old
 
 
-def attention_bias(mask: torch.Tensor, causal: bool, dtype=torch.float32) -> torch.Tensor:
-    """[B, S] padding mask (1 = token) -> the encoder's additive attention mask [B, 1, S, S].
+def causal_bias(mask: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """[B, S] padding mask (1 = token) -> the causal encoder's additive attention mask [B, 1, S, S].
 
-    causal (`train.causal`): a token attends to itself and the tokens before it only, so the encoder
-    state at position t depends on the first t + 1 tokens alone: a training example can then score a
+    A token attends to itself and the tokens before it only (`train.causal`), so the encoder state
+    at position t depends on the first t + 1 tokens alone: a training example can then score a
     target at every position of a history in one pass (`gensar.model.examples`, rec sequences).
     """
-    keep = mask[:, None, None, :].bool()                                        # [B, 1, 1, S]
-    if causal:
-        s = mask.shape[1]
-        keep = keep & torch.ones(s, s, dtype=torch.bool, device=mask.device).tril()   # [B, 1, S, S]
-    else:
-        keep = keep.expand(-1, -1, mask.shape[1], -1)
+    s = mask.shape[1]
+    keep = mask[:, None, None, :].bool() & torch.ones(s, s, dtype=torch.bool, device=mask.device).tril()
     return torch.zeros(keep.shape, dtype=dtype, device=mask.device).masked_fill(~keep, torch.finfo(dtype).min)
 
 
 def encode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False) -> torch.Tensor:
-    """The encoder states [B, S, D]; bidirectional as HF's T5, or causal (`attention_bias`)."""
+    """The encoder states [B, S, D]; bidirectional as HF's T5, or causal (`causal_bias`)."""
     if not causal:
         return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    bias = attention_bias(attention_mask, True, model.get_encoder().embed_tokens.weight.dtype)
+    bias = causal_bias(attention_mask, model.get_encoder().embed_tokens.weight.dtype)
     return model.get_encoder()(input_ids=input_ids, attention_mask=bias).last_hidden_state
 
 

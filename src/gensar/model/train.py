@@ -142,10 +142,9 @@ class Collate:
     An ordinary example has one target that sees the whole source: the batch is `input_ids`,
     `attention_mask` and `labels` (-100 on padding), as HF's T5 takes them. A causal rec sequence
     (`train.causal`) has one target per click: the targets are packed one after the other into one
-    decoder row, each a block that starts with the decoder start token, and three masks keep them
-    apart (additive, [B, 1, query, key]):
+    decoder row, each a block that starts with the decoder start token, and two masks keep them
+    apart (additive, [B, 1, query, key]; the encoder itself is causal, `Seq2SeqLoss(causal=True)`):
 
-        encoder_bias  [B, 1, S, S]  causal: token t reads tokens <= t
         decoder_mask  [B, 1, T, T]  a block reads itself only, causally
         cross_mask    [B, 1, T, S]  block k reads the first `visible` encoder states: the source up to
                                     and including its `<rec>`, as if the input ended there
@@ -158,8 +157,6 @@ class Collate:
         self.pad_id, self.causal = pad_id, causal
 
     def __call__(self, batch: list[tuple[list[int], list[tuple[list[int], int]]]]) -> dict[str, torch.Tensor]:
-        from gensar.model.t5 import attention_bias
-
         src_len = max(len(s) for s, _ in batch)
         tgt_len = max(sum(len(t) for t, _ in blocks) for _, blocks in batch)
         input_ids = torch.full((len(batch), src_len), self.pad_id, dtype=torch.long)
@@ -186,7 +183,7 @@ class Collate:
         tri = torch.ones(tgt_len, tgt_len, dtype=torch.bool).tril()
         same = (block[:, :, None] == block[:, None, :]) & (block[:, :, None] >= 0) & tri   # [B, T, T]
         reads = torch.arange(src_len)[None, None, :] < visible[:, :, None]                   # [B, T, S]
-        out.update(n_targets=torch.tensor(sum(len(b) for _, b in batch)), decoder_input_ids=dec_in, encoder_bias=attention_bias(mask, True),
+        out.update(n_targets=torch.tensor(sum(len(b) for _, b in batch)), decoder_input_ids=dec_in,
                    decoder_mask=torch.zeros(same.shape).masked_fill(~same, neg)[:, None],
                    cross_mask=torch.zeros(reads.shape).masked_fill(~reads, neg)[:, None])
         return out
@@ -350,7 +347,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
     levels = LevelVocab(tokenizer, builder.ids) if cfg.id_loss == "level" else None
     if cfg.id_loss not in ("full", "level"):
         raise ValueError(f"train.id_loss must be full or level, got {cfg.id_loss!r}")
-    objective = Seq2SeqLoss(model, levels, cfg.label_smoothing)
+    objective = Seq2SeqLoss(model, levels, cfg.label_smoothing, cfg.causal)
     net = (DDP(objective, device_ids=[device.index] if device.type == "cuda" else None)
            if d.world > 1 else objective)
 
