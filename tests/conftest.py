@@ -18,6 +18,23 @@ from gensar.config import ModelConfig, Params, SyntheticConfig, TrainConfig, to_
 from gensar.model.prompts import IdentifierMap
 
 
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> dict:
+    """A tiny canonical dataset with its identifier map and a 300-piece tokenizer (read-only: shared by
+    the model tests). Keys: the dataset paths (canonical, ids, ...), ids_dir, items, inter, queries,
+    ids (IdentifierMap), tok."""
+    from gensar.model.tokenizer import train_tokenizer
+    from tests.test_model_data import make_tiny_dataset
+
+    paths = make_tiny_dataset(tmp_path_factory.mktemp("tiny_corpus"))
+    c = paths["canonical"]
+    items, inter, queries = (pd.read_parquet(c / f"{n}.parquet") for n in ("items", "interactions", "queries"))
+    ids = IdentifierMap.load(paths["ids"])
+    tok = train_tokenizer(items["text"].tolist() + queries["text"].tolist(), ids.tokens(), vocab_size=300)
+    return {**paths, "ids_dir": paths["ids"], "items": items, "inter": inter, "queries": queries, "ids": ids,
+            "tok": tok}
+
+
 @pytest.fixture
 def params() -> Params:
     """Default params with a tiny synthetic dataset (fast everywhere)."""

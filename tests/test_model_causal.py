@@ -2,7 +2,6 @@
 and computes for each of its targets what the inference input of that history computes."""
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
 
@@ -11,24 +10,18 @@ from gensar.model import prompts
 from gensar.model.examples import Event, Example, ExampleBuilder, rec_chunks, user_events
 from gensar.model.generate import GenSARModel
 from gensar.model.levels import LevelVocab, Seq2SeqLoss, t5_hidden
-from gensar.model.prompts import IdentifierMap
 from gensar.model.t5 import build_model
-from gensar.model.tokenizer import train_tokenizer
 from gensar.model.train import Collate, tokenize_epoch
-from tests.test_model_data import make_tiny_dataset
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    paths = make_tiny_dataset(tmp_path_factory.mktemp("causal"))
-    c = paths["canonical"]
-    items, inter, queries = (pd.read_parquet(c / f"{n}.parquet") for n in ("items", "interactions", "queries"))
-    ids = IdentifierMap.load(paths["ids"])
-    tok = train_tokenizer(items["text"].tolist() + queries["text"].tolist(), ids.tokens(), vocab_size=300)
+def tiny(tiny_corpus):
+    """The shared tiny corpus (conftest) and a tiny T5 without dropout."""
+    tok = tiny_corpus["tok"]
     torch.manual_seed(0)
     model = build_model(ModelConfig(size="tiny", vocab_size=300, dropout=0.0), len(tok), tok.pad_token_id,
                         tok.eos_token_id).eval()
-    return {"ids_dir": paths["ids"], "items": items, "inter": inter, "queries": queries, "ids": ids, "tok": tok, "model": model}
+    return {**tiny_corpus, "model": model}
 
 
 def _clicks(ids, n):

@@ -15,20 +15,7 @@ from gensar.model.generate import GenSARModel
 from gensar.model.levels import LevelVocab, Seq2SeqLoss, init_code_embeddings, t5_hidden
 from gensar.model.prompts import IdentifierMap
 from gensar.model.t5 import build_model
-from gensar.model.tokenizer import train_tokenizer
 from gensar.model.train import Dist, fit, lr_multiplier, validate
-from tests.test_model_data import make_tiny_dataset
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    paths = make_tiny_dataset(tmp_path_factory.mktemp("recipe"))
-    c = paths["canonical"]
-    items, inter, queries = (pd.read_parquet(c / f"{n}.parquet") for n in ("items", "interactions", "queries"))
-    ids = IdentifierMap.load(paths["ids"])
-    tok = train_tokenizer(items["text"].tolist() + queries["text"].tolist(), ids.tokens(), vocab_size=300)
-    return {**paths, "ids_dir": paths["ids"], "items": items, "inter": inter, "queries": queries, "ids": ids,
-            "tok": tok}
 
 
 def _model(tok, seed=0):
@@ -38,10 +25,10 @@ def _model(tok, seed=0):
 
 
 # --------------------------------------------------------------------------------------------
-def test_twin_events_are_one_click(tiny):
+def test_twin_events_are_one_click(tiny_corpus):
     """Paper mode: the rec and search twins of a click share a step; history_len counts clicks and
     each click is rendered once (its CID, its query + SID, or both by `twins`)."""
-    ids = tiny["ids"]
+    ids = tiny_corpus["ids"]
     a, b, c = ids.item_ids[:3]
     hist = [Event("rec", a, None, 0), Event("search", a, "desk lamp", 0),
             Event("rec", b, None, 1), Event("search", b, "pen", 1), Event("rec", c, None, 2)]
@@ -60,11 +47,11 @@ def test_twin_events_are_one_click(tiny):
         prompts.render_history(hist, ids, twins="neither")
 
 
-def test_examples_show_history_len_clicks(tiny):
+def test_examples_show_history_len_clicks(tiny_corpus):
     """A training example's history has `history_len` clicks even though each click is two events."""
-    events = user_events(tiny["inter"], tiny["queries"])
+    events = user_events(tiny_corpus["inter"], tiny_corpus["queries"])
     cfg = TrainConfig(history_len=2, history_twins="rec", tasks={"rec": 1.0}, causal=False)
-    builder = ExampleBuilder(events, tiny["items"], tiny["ids"], cfg)
+    builder = ExampleBuilder(events, tiny_corpus["items"], tiny_corpus["ids"], cfg)
     shown = [ex.source.count("<rec>") for ex in builder.epoch(0)]
     assert max(shown) == 2 and "<query>" not in "".join(ex.source for ex in builder.epoch(0))
     # evaluation requests render the same way: two twins at the target's step are never in the history
@@ -72,10 +59,10 @@ def test_examples_show_history_len_clicks(tiny):
     assert all(e.step < min(x.step for x in events[req.user_id] if x.split == "valid") for e in req.history)
 
 
-def test_level_loss_is_a_softmax_over_each_levels_codes(tiny):
+def test_level_loss_is_a_softmax_over_each_levels_codes(tiny_corpus):
     """Seq2SeqLoss(level) == cross-entropy computed by hand: identifier positions over their level's
     codes, text positions over the vocabulary, the EOS after an identifier not scored."""
-    tok, ids = tiny["tok"], tiny["ids"]
+    tok, ids = tiny_corpus["tok"], tiny_corpus["ids"]
     model = _model(tok)
     levels = LevelVocab(tok, ids)
     item = ids.item_ids[0]
@@ -115,8 +102,8 @@ def test_schedules():
         lr_multiplier("linear", 0, warm, total)
 
 
-def test_codebook_init_places_close_codes_close(tiny):
-    tok, ids = tiny["tok"], tiny["ids"]
+def test_codebook_init_places_close_codes_close(tiny_corpus):
+    tok, ids = tiny_corpus["tok"], tiny_corpus["ids"]
     model = _model(tok)
     levels = LevelVocab(tok, ids)
     k = len(levels.space["sid"][0])
@@ -134,14 +121,14 @@ def test_codebook_init_places_close_codes_close(tiny):
     assert torch.equal(w[others], before[others])                  # text and other levels untouched
 
 
-def test_budget_ends_training_cleanly_with_diagnostics(tiny, tmp_path):
+def test_budget_ends_training_cleanly_with_diagnostics(tiny_corpus, tmp_path):
     """train.max_minutes stops inside the first epoch, validates, keeps the best weights and reports
     the per-level diagnostics; resuming the finished run does nothing more."""
-    tok, ids = tiny["tok"], tiny["ids"]
-    events = user_events(tiny["inter"], tiny["queries"])
+    tok, ids = tiny_corpus["tok"], tiny_corpus["ids"]
+    events = user_events(tiny_corpus["inter"], tiny_corpus["queries"])
     cfg = TrainConfig(epochs=50, batch_size=4, eval_beams=4, device="cpu", id_loss="level", history_len=3,
                       max_minutes=0.002, schedule="constant", lr=5e-3, warmup_steps=2)
-    builder = ExampleBuilder(events, tiny["items"], ids, cfg)
+    builder = ExampleBuilder(events, tiny_corpus["items"], ids, cfg)
     valid = eval_requests(events, "valid")[:6]
     model = _model(tok)
     make = lambda m: GenSARModel(m, tok, ids, cfg, beams=4)
@@ -157,11 +144,11 @@ def test_budget_ends_training_cleanly_with_diagnostics(tiny, tmp_path):
     assert again["steps"] == summary["steps"] and len(again["history"]) == len(summary["history"])
 
 
-def test_validate_diagnostics_on_a_perfect_and_a_hopeless_target(tiny):
+def test_validate_diagnostics_on_a_perfect_and_a_hopeless_target(tiny_corpus):
     """first_code_in_beam is 1 when the beam keeps every first code (beams >= items), and accuracy
     at depth t counts the model's argmax over the level's codes."""
-    tok, ids = tiny["tok"], tiny["ids"]
-    events = user_events(tiny["inter"], tiny["queries"])
+    tok, ids = tiny_corpus["tok"], tiny_corpus["ids"]
+    events = user_events(tiny_corpus["inter"], tiny_corpus["queries"])
     cfg = TrainConfig(id_loss="level")
     gm = GenSARModel(_model(tok), tok, ids, cfg, beams=len(ids))
     out = validate(gm, eval_requests(events, "valid")[:4], beams=len(ids), show=False)
@@ -170,17 +157,17 @@ def test_validate_diagnostics_on_a_perfect_and_a_hopeless_target(tiny):
     assert len(acc) == 5 and acc[4] == 1.0
 
 
-def test_a_constant_final_code_can_be_left_out(tiny):
+def test_a_constant_final_code_can_be_left_out(tiny_corpus):
     """drop_constant_codes: a disambiguation code that is 0 for every item is left out of the
     identifiers (tries, targets, level groups), and only then."""
-    frame = pd.read_parquet(tiny["ids_dir"] / "identifiers.parquet")
-    full = tiny["ids"]
+    frame = pd.read_parquet(tiny_corpus["ids_dir"] / "identifiers.parquet")
+    full = tiny_corpus["ids"]
     short = IdentifierMap(frame, full.meta, drop_constant_codes=True)
     assert short.dropped == ["sid", "cid"] and short.sid_kinds == full.sid_kinds[:-1]
     item = full.item_ids[0]
     assert short.sid_tokens(item) == full.sid_tokens(item)[:-1]
     assert short.space_groups("cid") == full.space_groups("cid")[:-1]
-    gm = GenSARModel(_model(tiny["tok"]), tiny["tok"], short, TrainConfig(), beams=4)
+    gm = GenSARModel(_model(tiny_corpus["tok"]), tiny_corpus["tok"], short, TrainConfig(), beams=4)
     assert gm.tries["sid"].depth == 4 and len(gm.recommend([], k=3)) == 3
     collided = frame.copy()
     collided.loc[0, "cid"] = list(frame.loc[0, "cid"][:-1]) + [1]       # one item needs its final code
