@@ -165,12 +165,15 @@ class GenSARModel:
         return self.generate_items(self.sources("search", histories, queries), "sid", k, candidates, beams)
 
     @torch.no_grad()
-    def level_accuracy(self, sources: Sequence[str], space: str, targets: Sequence[str], batch: int = 64
-                       ) -> list[float]:
+    def level_accuracy(self, sources: Sequence[str], space: str, targets: Sequence[str], batch: int = 64,
+                       in_trie: bool = False) -> list[float]:
         """Teacher-forced accuracy of each identifier position: the share of `targets` whose code at
         depth t is the model's argmax given the true codes before it (over the level's codes when
-        the model was trained with `id_loss: level`, else over the whole vocabulary)."""
-        depth = self.tries[space].depth
+        the model was trained with `id_loss: level`, else over the whole vocabulary). `in_trie`: the
+        argmax over the codes the identifier trie allows after the true prefix (what constrained
+        decoding chooses from; never below the free accuracy)."""
+        trie = self.tries[space]
+        depth = trie.depth
         groups = self.levels.space[space] if self.levels is not None else None
         correct = np.zeros(depth)
         self.model.eval()
@@ -180,6 +183,11 @@ class GenSARModel:
             hidden = t5_hidden(self.model, enc["input_ids"], enc["attention_mask"], labels, causal=self.cfg.causal)
             logits = hidden @ self.model.lm_head.weight.T                                # [b, depth, V]
             for t in range(depth):
+                if in_trie:
+                    for r, row in enumerate(labels.tolist()):
+                        toks = torch.as_tensor(trie.allowed_after(row[:t]), device=self.device)
+                        correct[t] += int(toks[logits[r, t, toks].argmax()] == row[t])
+                    continue
                 if groups is None:
                     pred = logits[:, t].argmax(-1)
                 else:

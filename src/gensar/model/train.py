@@ -259,6 +259,8 @@ def validate(gm, requests: list[Request], k: int = 10, beams: int = 20, batch: i
     `ndcg@k` is their mean. Diagnostics beside them, per task:
 
         acc/l<t>             teacher-forced accuracy of the code at identifier depth t
+        acc_trie/l<t>        the same, the argmax taken over the codes the trie allows after the
+                             true prefix (comparable with benchmarks/code_ceiling.py's SASRec row)
         first_code_in_beam   share of targets whose first code is the first code of one of the
                              `beams` identifiers the beam search ends with
 
@@ -284,6 +286,8 @@ def validate(gm, requests: list[Request], k: int = 10, beams: int = 20, batch: i
             [first[t] in {first[i] for i in r} for t, r in zip(targets, ranked)]))
         for t, acc in enumerate(gm.level_accuracy(sources, space, targets)):
             out[f"{behavior}/acc/l{t}"] = acc
+        for t, acc in enumerate(gm.level_accuracy(sources, space, targets, in_trie=True)):
+            out[f"{behavior}/acc_trie/l{t}"] = acc
     parts = [out[f"{b}/ndcg@{k}"] for b in ("rec", "search") if f"{b}/ndcg@{k}" in out]
     out[f"ndcg@{k}"] = sum(parts) / len(parts) if parts else 0.0
     return out
