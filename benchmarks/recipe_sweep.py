@@ -33,6 +33,7 @@ COMBINED = {**LEVEL, **CLICKS, "train.history_len": 10, **CONSTANT}
 TODAY = {"train.history_twins": "both", "train.history_len": 3, "train.id_loss": "full",
          "train.schedule": "cosine", "train.lr": 1e-3, "train.warmup_steps": 0, "train.init_codes": False,
          "train.drop_constant_codes": False, "train.batch_size": 256}
+REC_ONLY = {"rec": 1.0, "search": 0.0, "query": 0.0, "adhoc": 0.0, "align": 0.3}
 VARIANTS = {
     "today": TODAY,
     "level": {**TODAY, **LEVEL},
@@ -58,6 +59,16 @@ VARIANTS = {
                                                           "align": 0.3}},
     "causal-rec2-h20": {"train.causal": True, "train.history_len": 20, "train.max_input_tokens": 256,
                         "train.tasks": {"rec": 2.0, "search": 1.0, "query": 0.3, "adhoc": 0.3, "align": 0.3}},
+    # recommendation alone (+ item-identifier alignment, as the benchmark's gensar-rec): what limits it once
+    # compute does not (issue 14: rec-only flat from minute 21 while its loss falls)
+    "rec": {"train.tasks": REC_ONLY},
+    "rec-d3": {"train.tasks": REC_ONLY, "model.dropout": 0.3},
+    "rec-d5": {"train.tasks": REC_ONLY, "model.dropout": 0.5},
+    "rec-ls1": {"train.tasks": REC_ONLY, "train.label_smoothing": 0.1},
+    # identifiers of another ids.mode: read from <--ids parent>/<mode> (built by the identifiers stage)
+    # `independent`: the CID is a 4-level RQ-VAE over the collaborative embedding alone (no shared codes)
+    "rec-indep-ids": {"train.tasks": REC_ONLY, "ids.mode": "independent"},
+    "indep-ids": {"ids.mode": "independent"},
     "combined-rec-search-only": {**TODAY, **COMBINED,
                                  "train.tasks": {"rec": 1.0, "search": 1.0, "query": 0.0, "adhoc": 0.0,
                                                  "align": 0.0}},
@@ -70,8 +81,12 @@ def run_variant(name: str, overrides: dict, args) -> subprocess.Popen:
     sets = {**overrides, "train.max_minutes": args.minutes, "train.eval_every_minutes": args.eval_minutes,
             "train.epochs": args.epochs, "train.patience": 1000, "train.eval_users": args.eval_users,
             "train.cpu_threads": args.threads, "train.device": "cpu"}
+    ids = Path(args.ids).parent / overrides["ids.mode"] if "ids.mode" in overrides else Path(args.ids)
+    if not (ids / "identifiers.parquet").exists():
+        raise SystemExit(f"{name}: no identifier map at {ids} (build it: python -m gensar.stages.identifiers "
+                         f"--set ids.mode=... --out {ids} ...)")
     cmd = [sys.executable, "-m", "gensar.stages.train", "--params", args.params,
-           "--canonical", str(Path(args.work) / "prepared/canonical"), "--ids", args.ids,
+           "--canonical", str(Path(args.work) / "prepared/canonical"), "--ids", str(ids),
            "--out", str(out / "t5"), "--metrics", str(out / "metrics.json"), "--live", ""]
     for k, v in {**json.loads(args.base), **sets}.items():
         cmd += ["--set", f"{k}={json.dumps(v)}"]
