@@ -123,13 +123,13 @@ def test_causal_export_serves_what_pytorch_ranks(tiny, tmp_path):
     from gensar.serve.runtime import Runtime
 
     ids, tok, model = tiny["ids"], tiny["tok"], tiny["model"]
-    gen = {"history_len": 3, "max_query_words": 16, "max_input_tokens": 128, "history_twins": "rec",
+    gen = {"history_len": 3, "max_query_words": 16, "max_input_tokens": 48, "history_twins": "rec",
            "normalize": "level", "causal": True}
     meta = write_export(model, tok, tiny["ids_dir"], tiny["items"], tmp_path / "onnx", gen, {"data": "d", "identifiers": "i",
                                                                                         "model": "m"})
     assert max(meta["verification_max_abs_diff"].values()) < 1e-4
     rt = Runtime(tmp_path / "onnx", beams=6)
-    gm = GenSARModel(model, tok, ids, TrainConfig(history_len=3, causal=True), beams=6)
+    gm = GenSARModel(model, tok, ids, TrainConfig(history_len=3, causal=True, max_input_tokens=48), beams=6)
     hist = [Event("rec", ids.item_ids[k], None, k) for k in (0, 3, 1)]
     ours = rt.recommend(hist, k=4)
     ref = gm.recommend(hist, k=4)
@@ -137,4 +137,9 @@ def test_causal_export_serves_what_pytorch_ranks(tiny, tmp_path):
     assert all(abs(h.score - s) < 1e-3 for h, (_, s) in zip(ours, ref))
     ours = rt.search("desk lamp", hist, k=3)
     assert [h.item_id for h in ours] == [i for i, _ in gm.search("desk lamp", hist, k=3)]
+    # a history too long for max_input_tokens loses the same oldest clicks in the runtime
+    long = [Event("search", ids.item_ids[k], "desk lamp pen " * 8, k) for k in range(3)]
+    fitted = prompts.search_input("red pen", long, ids, **rt.prompt_kw)
+    assert fitted == gm.sources("search", [long], ["red pen"])[0] and fitted.count("<query>") < 3
+    assert [h.item_id for h in rt.search("red pen", long, k=3)] == [i for i, _ in gm.search("red pen", long, k=3)]
 

@@ -59,6 +59,38 @@ def test_examples_show_history_len_clicks(tiny_corpus):
     assert all(e.step < min(x.step for x in events[req.user_id] if x.split == "valid") for e in req.history)
 
 
+def test_long_histories_lose_their_oldest_clicks(tiny_corpus):
+    """An input over train.max_input_tokens loses its oldest clicks, never its end (the query, the final
+    `<rec>`): at inference and in the training examples alike."""
+    tok, ids = tiny_corpus["tok"], tiny_corpus["ids"]
+    items = ids.item_ids
+    hist = [Event("search", items[k], f"desk lamp pen {k}", k) for k in range(8)]
+    cfg = TrainConfig(history_len=8, max_input_tokens=48)
+    gm = GenSARModel(_model(tok), tok, ids, cfg, beams=4)
+
+    def n_tokens(text):
+        return len(tok(text, add_special_tokens=False)["input_ids"])   # a causal model's inputs carry no EOS
+    unfitted = prompts.search_input("red pen", hist, ids, history_len=8, causal=True)
+    assert n_tokens(unfitted) > 48                                        # right truncation would cut the query
+    src = gm.sources("search", [hist], ["red pen"])[0]
+    assert n_tokens(src) <= 48 and src.endswith("query: red pen search:")
+    assert "desk lamp pen 7" in src and "desk lamp pen 0" not in src   # the newest clicks stay
+    rec = gm.sources("rec", [hist])[0]
+    assert n_tokens(rec) <= 48 and rec.endswith("<rec>") and "desk lamp pen 7" in rec
+    # training examples: every history-reading input fits, ending as its template does
+    events = user_events(tiny_corpus["inter"], tiny_corpus["queries"])
+    small = TrainConfig(history_len=10, max_input_tokens=32, causal=False,
+                        tasks={"rec": 1.0, "search": 1.0, "query": 1.0})
+    builder = ExampleBuilder(events, tiny_corpus["items"], ids, small, gm.count)
+    plain = ExampleBuilder(events, tiny_corpus["items"], ids, small)
+    fitted, cut = builder.epoch(0), plain.epoch(0)
+    assert sum(n_tokens(ex.source) + 1 > 32 for ex in cut) >= 10   # + EOS: a bidirectional model's input
+    # each fits, or no click fits beside its template and query (it shows none; truncation remains)
+    assert all(n_tokens(ex.source) + 1 <= 32 or " none " in ex.source for ex in fitted)
+    assert sum("<rec>" in ex.source or "<query>" in ex.source for ex in fitted) > len(fitted) // 2
+    assert all(ex.source.endswith(("recommend:", "search:", "query:")) for ex in fitted)
+
+
 def test_level_loss_is_a_softmax_over_each_levels_codes(tiny_corpus):
     """Seq2SeqLoss(level) == cross-entropy computed by hand: identifier positions over their level's
     codes, text positions over the vocabulary, the EOS after an identifier not scored."""

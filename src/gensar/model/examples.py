@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -100,8 +101,10 @@ class ExampleBuilder:
     """Builds the per-epoch training examples; the pools are computed once."""
 
     def __init__(self, events: dict[str, list[Event]], items: pd.DataFrame, ids: IdentifierMap,
-                 cfg: TrainConfig):
-        self.ids, self.cfg = ids, cfg
+                 cfg: TrainConfig, count: Callable[[str], int] | None = None):
+        """`count`: the tokenizer's token counter (`prompts.token_counter`); with it, histories are
+        fitted to `cfg.max_input_tokens` by leaving out their oldest clicks, as at inference."""
+        self.ids, self.cfg, self.count = ids, cfg, count
         unknown = set(cfg.tasks) - set(TASKS)
         if unknown:
             raise ValueError(f"train.tasks: unknown task(s) {sorted(unknown)} (known: {', '.join(TASKS)})")
@@ -159,7 +162,7 @@ class ExampleBuilder:
     def _render(self, task: str, payload: tuple, rng: random.Random) -> list[Example]:
         c, ids = self.cfg, self.ids
         kw = {"history_len": c.history_len, "max_query_words": c.max_query_tokens, "template": None, "rng": rng,
-              "twins": c.history_twins}
+              "twins": c.history_twins, "causal": c.causal, "max_tokens": c.max_input_tokens, "count": self.count}
         if task == "rec" and c.causal:
             clicks, n_context = payload
             source, targets = prompts.rec_sequence(clicks, ids, n_context, c.max_query_tokens)

@@ -55,6 +55,7 @@ class GenSARModel:
             self.tries[space] = IdentifierTrie(list(seqs.values()), list(seqs))
         # identifier-aware scores (train.id_loss: level): each depth is a softmax over its level's codes
         self.levels = LevelVocab(tokenizer, ids) if self.cfg.id_loss == "level" else None
+        self.count = prompts.token_counter(lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
         logger.info("generate: tries over %d items (sid depth %d, cid depth %d), scores over %s", len(ids),
                     self.tries["sid"].depth, self.tries["cid"].depth,
                     "each level's codes" if self.levels is not None else "the whole vocabulary")
@@ -144,7 +145,8 @@ class GenSARModel:
 
     def _kw(self):
         return {"history_len": self.cfg.history_len, "max_query_words": self.cfg.max_query_tokens,
-                "twins": self.cfg.history_twins, "causal": self.cfg.causal}
+                "twins": self.cfg.history_twins, "causal": self.cfg.causal,
+                "max_tokens": self.cfg.max_input_tokens, "count": self.count}
 
     def sources(self, behavior: str, histories: Sequence[Sequence], queries: Sequence[str] | None = None
                 ) -> list[str]:

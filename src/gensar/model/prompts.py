@@ -9,6 +9,10 @@ id string is accepted and read as a recommendation click (lossy: prefer full eve
     recommendation click   ->  <rec> <h0_3><h1_7><c2_1><c3_5><d4_0>          (the item's CID)
     search session         ->  <query> desk lamp <click> <h0_3><h1_7><s2_4><s3_2><d4_0>   (query + SID)
 
+An input longer than `train.max_input_tokens` loses its OLDEST clicks, never its end (the query, the
+final `<rec>`): given a token counter (`token_counter`), the input functions leave out the oldest
+clicks until the input fits (`render_history(max_tokens=...)`).
+
 A task word at the start and the end of every template tells the model which output space to emit
 (CID for `recommend`, SID for `search`, text for `query` / `describe`). Training draws one of several
 templates per task (`template=None` with an `rng`); inference always uses template 0, so the PyTorch
@@ -28,7 +32,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -182,12 +187,38 @@ def render_event(ev, ids: IdentifierMap, max_query_words: int = 16) -> str:
     raise ValueError(f"history event {tuple(ev)!r}: behavior must be 'rec' or 'search'")
 
 
+def token_counter(encode: Callable[[str], Sequence[int]]) -> Callable[[str], int]:
+    """text -> number of tokens, `encode` being a tokenizer without special tokens; memoised (the same
+    click renders the same way in many inputs). Tokens of texts joined by a space add up (the
+    tokenizers split on whitespace first), which lets the history be fitted click by click."""
+    @lru_cache(maxsize=1 << 18)
+    def count(text: str) -> int:
+        return len(encode(text))
+    return count
+
+
 def render_history(history: Sequence, ids: IdentifierMap, history_len: int = 5,
-                   max_query_words: int = 16, twins: str = "rec", empty: str = "none") -> str:
-    """The `history_len` most recent clicks as behavior-token text (see module docstring)."""
+                   max_query_words: int = 16, twins: str = "rec", empty: str = "none",
+                   max_tokens: int | None = None, count: Callable[[str], int] | None = None) -> str:
+    """The `history_len` most recent clicks as behavior-token text (see module docstring). With
+    `max_tokens` and `count`: the oldest of them are left out until the rest is at most `max_tokens`."""
     clicks = history_clicks(history, twins)[-history_len:] if history_len > 0 else []
-    parts = [render_event(ev, ids, max_query_words) for click in clicks for ev in click]
+    parts = [" ".join(render_event(ev, ids, max_query_words) for ev in click) for click in clicks]
+    if max_tokens is not None and count is not None:
+        sizes = [count(part) for part in parts]
+        total = sum(sizes)
+        while parts and total > max_tokens:
+            total -= sizes.pop(0)
+            parts.pop(0)
     return " ".join(parts) if parts else empty
+
+
+def _budget(rest: str, max_tokens: int | None, count: Callable[[str], int] | None, causal: bool) -> int | None:
+    """Tokens left for the history in an input whose other text is `rest` (the template filled without
+    the history); a bidirectional model's inputs also carry an EOS."""
+    if max_tokens is None or count is None:
+        return None
+    return max_tokens - count(rest) - (0 if causal else 1)
 
 
 # Causal encoder (`train.causal`): the recommendation input ends with the behavior token of the click to
@@ -266,28 +297,40 @@ def _pick(task: str, template: int | None, rng: random.Random | None) -> str:
     return options[template % len(options)]
 
 
+# The history-reading inputs. `max_tokens` and `count` (both or neither): fit the input to `max_tokens`
+# tokens by leaving out the oldest clicks (the model's train.max_input_tokens and its tokenizer).
 def rec_input(history: Sequence, ids: IdentifierMap, history_len: int = 5, max_query_words: int = 16,
               template: int | None = 0, rng: random.Random | None = None, twins: str = "rec",
-              causal: bool = False) -> str:
+              causal: bool = False, max_tokens: int | None = None, count: Callable[[str], int] | None = None
+              ) -> str:
     if causal:    # the one template `rec_sequence` trains; an empty history shows nothing
-        h = render_history(history, ids, history_len, max_query_words, twins, empty="")
+        budget = _budget(REC_CAUSAL.format(h=""), max_tokens, count, causal)
+        h = render_history(history, ids, history_len, max_query_words, twins, "", budget, count)
         return REC_CAUSAL.format(h=h).replace("  ", " ")
-    h = render_history(history, ids, history_len, max_query_words, twins)
-    return _pick("rec", template, rng).format(h=h)
+    form = _pick("rec", template, rng)
+    h = render_history(history, ids, history_len, max_query_words, twins, "none",
+                       _budget(form.format(h=""), max_tokens, count, causal), count)
+    return form.format(h=h)
 
 
 def search_input(query: str, history: Sequence, ids: IdentifierMap, history_len: int = 5,
                  max_query_words: int = 16, template: int | None = 0,
-                 rng: random.Random | None = None, twins: str = "rec", causal: bool = False) -> str:
-    h = render_history(history, ids, history_len, max_query_words, twins)
-    return _pick("search", template, rng).format(h=h, q=clip_words(query, max_query_words))
+                 rng: random.Random | None = None, twins: str = "rec", causal: bool = False,
+                 max_tokens: int | None = None, count: Callable[[str], int] | None = None) -> str:
+    form, q = _pick("search", template, rng), clip_words(query, max_query_words)
+    h = render_history(history, ids, history_len, max_query_words, twins, "none",
+                       _budget(form.format(h="", q=q), max_tokens, count, causal), count)
+    return form.format(h=h, q=q)
 
 
 def query_input(history: Sequence, ids: IdentifierMap, history_len: int = 5, max_query_words: int = 16,
                 template: int | None = 0, rng: random.Random | None = None, twins: str = "rec",
-                causal: bool = False) -> str:
-    h = render_history(history, ids, history_len, max_query_words, twins)
-    return _pick("query", template, rng).format(h=h)
+                causal: bool = False, max_tokens: int | None = None, count: Callable[[str], int] | None = None
+                ) -> str:
+    form = _pick("query", template, rng)
+    h = render_history(history, ids, history_len, max_query_words, twins, "none",
+                       _budget(form.format(h=""), max_tokens, count, causal), count)
+    return form.format(h=h)
 
 
 def adhoc_input(query: str, max_query_words: int = 16, template: int | None = 0,

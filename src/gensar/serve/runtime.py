@@ -82,8 +82,6 @@ class Runtime:
         self.score_eos = bool(gen.get("score_eos", True))
         self.max_input_tokens = gen["max_input_tokens"]
         self.causal = bool(gen.get("causal", False))
-        self.prompt_kw = {"history_len": gen["history_len"], "max_query_words": gen["max_query_words"],
-                          "twins": gen["history_twins"], "causal": self.causal}
         self.model = OnnxSeq2Seq(export_dir, provider, threads, spin)
         self.tokenizer = load_tokenizer(export_dir / "tokenizer")
         # the Rust tokenizer with the same truncation, encoding one source at a time: its batch
@@ -91,6 +89,13 @@ class Runtime:
         self.backend = self.tokenizer.backend_tokenizer
         self.backend.no_padding()
         self.backend.enable_truncation(self.max_input_tokens)
+        from gensar.model import prompts
+
+        # inputs render as in training: histories fitted to max_input_tokens by their oldest clicks
+        count = prompts.token_counter(lambda text: self.backend.encode(text, add_special_tokens=False).ids)
+        self.prompt_kw = {"history_len": gen["history_len"], "max_query_words": gen["max_query_words"],
+                          "twins": gen["history_twins"], "causal": self.causal,
+                          "max_tokens": self.max_input_tokens, "count": count}
         self.pad_id = int(gen.get("pad_token_id", self.tokenizer.pad_token_id))
         self.ids = IdentifierMap.load(export_dir / "ids", bool(gen.get("drop_constant_codes", False)))
         import pandas as pd

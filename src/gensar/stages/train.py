@@ -31,6 +31,7 @@ from gensar.config import Params, load_params, to_dict
 from gensar.device import setup_torch
 from gensar.io import atomic_path, file_hash, value_hash, write_json
 from gensar.logs import FORMAT, setup_logging
+from gensar.model import prompts
 from gensar.model.examples import ExampleBuilder, eval_requests, sample_users, user_events
 from gensar.model.generate import GenSARModel
 from gensar.model.levels import LevelVocab, init_code_embeddings
@@ -106,7 +107,6 @@ def run(params: Params, canonical: str | Path, ids: str | Path,
             logger.info("identifiers: the constant final code is left out of the %s", " and ".join(idmap.dropped))
         data_version = file_hash(*tables.values(), ids / "identifiers.parquet", ids / "meta.json")
         events = user_events(inter, queries)
-        builder = ExampleBuilder(events, items, idmap, cfg)
         users = sample_users(events, cfg.eval_users, cfg.seed, "valid")
         valid = eval_requests(events, "valid", users)
         valid = [r for r in valid if r.behavior in validated_behaviors(cfg.tasks)]
@@ -116,6 +116,8 @@ def run(params: Params, canonical: str | Path, ids: str | Path,
         tok_key = _tokenizer(params, items, queries, idmap, init, ckpt, d.main) if d.main else None
         barrier(d)
         tok = load_tokenizer(ckpt / "tokenizer")
+        count = prompts.token_counter(lambda text: tok(text, add_special_tokens=False)["input_ids"])
+        builder = ExampleBuilder(events, items, idmap, cfg, count)
 
         torch.manual_seed(cfg.seed)
         if init:
