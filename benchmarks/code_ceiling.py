@@ -12,7 +12,8 @@ softmax over all items p(item | history) is summed over the items below each ide
                   that knew p(item) exactly (flat R@10 beside it)
 
 A T5 whose level accuracies sit far below SASRec's is a weaker model; one that matches them is
-limited by the identifiers. `--t5-history` puts the T5's last validation row beside it.
+limited by the identifiers. `--t5-history` puts the T5's last validation row beside it (its
+`acc_trie`: the argmax over the codes the trie allows, as here).
 
     python benchmarks/code_ceiling.py --work OFFICE_WORK --ids OFFICE_WORK/ids/gensar --users 1000 \
         [--t5-history RUN/t5/history.json]
@@ -114,7 +115,7 @@ def main(argv=None) -> None:
     if t5:
         task = "rec" if args.space == "cid" else "search"
         print(f"| T5 ({args.t5_history}, minute {t5['train_minutes']:.0f}) | " +
-              " | ".join(f"{t5.get(f'valid/{task}/acc/l{t}', float('nan')):.3f}" for t in range(len(kinds))) +
+              " | ".join(f"{t5.get(f'valid/{task}/acc_trie/l{t}', float('nan')):.3f}" for t in range(len(kinds))) +
               f" | - | {t5.get(f'valid/{task}/recall@10', float('nan')):.4f} |")
 
 

@@ -62,9 +62,11 @@ VARIANTS = {
     # recommendation alone (+ item-identifier alignment, as the benchmark's gensar-rec): what limits it once
     # compute does not (issue 14: rec-only flat from minute 21 while its loss falls)
     "rec": {"train.tasks": REC_ONLY},
+    "rec-d0": {"train.tasks": REC_ONLY, "model.dropout": 0.0},
     "rec-d3": {"train.tasks": REC_ONLY, "model.dropout": 0.3},
     "rec-d5": {"train.tasks": REC_ONLY, "model.dropout": 0.5},
     "rec-ls1": {"train.tasks": REC_ONLY, "train.label_smoothing": 0.1},
+    "rec-h20": {"train.tasks": REC_ONLY, "train.history_len": 20, "train.max_input_tokens": 256},
     # identifiers of another ids.mode: read from <--ids parent>/<mode> (built by the identifiers stage)
     # `independent`: the CID is a 4-level RQ-VAE over the collaborative embedding alone (no shared codes)
     "rec-indep-ids": {"train.tasks": REC_ONLY, "ids.mode": "independent"},
