@@ -61,6 +61,7 @@ VARIANTS = {
                         "train.tasks": {"rec": 2.0, "search": 1.0, "query": 0.3, "adhoc": 0.3, "align": 0.3}},
     # recommendation alone (+ item-identifier alignment, as the benchmark's gensar-rec): what limits it once
     # compute does not (issue 14: rec-only flat from minute 21 while its loss falls)
+    "dropout1": {"model.dropout": 0.1},   # the joint model as before the default became 0.0 (compare: params)
     "rec": {"train.tasks": REC_ONLY},
     "rec-d0": {"train.tasks": REC_ONLY, "model.dropout": 0.0},
     "rec-d3": {"train.tasks": REC_ONLY, "model.dropout": 0.3},
