@@ -70,6 +70,13 @@ def trie_topk(p: np.ndarray, codes: np.ndarray, beams: int, k: int) -> list[list
     return out
 
 
+def valid_rec_requests(work: Path, users: int, seed: int) -> list:
+    """The rec requests of the trainer's validation sample (`train.eval_users` = users, `train.seed`)."""
+    canon = Path(work) / "prepared/canonical"
+    events = user_events(pd.read_parquet(canon / "interactions.parquet"), pd.read_parquet(canon / "queries.parquet"))
+    return [r for r in eval_requests(events, "valid", sample_users(events, users, seed, "valid")) if r.behavior == "rec"]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", required=True, help="prepared work dir (prepared/canonical, models/sasrec)")
@@ -83,10 +90,8 @@ def main(argv=None) -> None:
 
     work = Path(args.work)
     canon = work / "prepared/canonical"
-    items, inter, queries = (pd.read_parquet(canon / f"{n}.parquet") for n in ("items", "interactions", "queries"))
-    events = user_events(inter, queries)
-    reqs = [r for r in eval_requests(events, "valid", sample_users(events, args.users, args.seed, "valid"))
-            if r.behavior == "rec"]
+    items = pd.read_parquet(canon / "items.parquet")
+    reqs = valid_rec_requests(work, args.users, args.seed)
     idmap = IdentifierMap.load(args.ids)
     col = "cid" if args.space == "cid" else "sid"
     frame = pd.read_parquet(Path(args.ids) / "identifiers.parquet")

@@ -12,10 +12,9 @@ import argparse
 import dataclasses
 import time
 
-import pandas as pd
 import torch
+from code_ceiling import valid_rec_requests  # the sibling script (benchmarks/ is sys.path[0])
 
-from gensar.model.examples import eval_requests, sample_users, user_events
 from gensar.model.generate import GenSARModel
 from gensar.model.train import validate
 
@@ -31,10 +30,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    canon = f"{args.work}/prepared/canonical"
-    events = user_events(pd.read_parquet(f"{canon}/interactions.parquet"), pd.read_parquet(f"{canon}/queries.parquet"))
-    reqs = [r for r in eval_requests(events, "valid", sample_users(events, args.users, args.seed, "valid"))
-            if r.behavior == "rec"]
+    reqs = valid_rec_requests(args.work, args.users, args.seed)
     gm = GenSARModel.load(args.model, beams=20)
     base = gm.cfg
     print(f"{len(reqs)} rec requests; the model was trained with history_len {base.history_len}\n")
