@@ -29,7 +29,7 @@ import pandas as pd
 
 from gensar.eval.baselines import SASRecRanker
 from gensar.eval.candidates import history_items
-from gensar.model.examples import eval_requests, sample_users, user_events
+from gensar.model.examples import user_events, validation_requests
 from gensar.model.prompts import IdentifierMap
 
 
@@ -74,7 +74,7 @@ def valid_rec_requests(work: Path, users: int, seed: int) -> list:
     """The rec requests of the trainer's validation sample (`train.eval_users` = users, `train.seed`)."""
     canon = Path(work) / "prepared/canonical"
     events = user_events(pd.read_parquet(canon / "interactions.parquet"), pd.read_parquet(canon / "queries.parquet"))
-    return [r for r in eval_requests(events, "valid", sample_users(events, users, seed, "valid")) if r.behavior == "rec"]
+    return validation_requests(events, users, seed, ("rec",))
 
 
 def main(argv=None) -> None:

@@ -112,8 +112,8 @@ def test_causal_builder_and_generation(tiny):
     hits = gm.recommend(hist, k=3)
     assert len(hits) == 3 and all(i in ids for i, _ in hits)
     assert len(gm.search("desk lamp", hist, k=2)) == 2
-    accs = gm.level_accuracy([src], "cid", [ids.item_ids[2]])
-    assert len(accs) == len(ids.cid_kinds)
+    free, in_trie = gm.level_accuracy([src], "cid", [ids.item_ids[2]])
+    assert len(free) == len(in_trie) == len(ids.cid_kinds)
 
 
 def test_causal_export_serves_what_pytorch_ranks(tiny, tmp_path):

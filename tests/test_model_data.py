@@ -11,7 +11,7 @@ import pytest
 
 from gensar.config import ModelConfig, Params, TrainConfig
 from gensar.model import prompts
-from gensar.model.examples import ExampleBuilder, eval_requests, user_events
+from gensar.model.examples import ExampleBuilder, eval_requests, user_events, validation_requests
 from gensar.model.prompts import IdentifierMap
 from gensar.model.tokenizer import check_single_tokens, extend_tokenizer, train_tokenizer
 
@@ -185,6 +185,19 @@ def test_eval_requests_see_only_events_before_their_step(tiny):
         assert r.target == next(e for e in events[r.user_id] if e.step == target_step).item_id
         assert (r.query is None) == (r.behavior == "rec")
 
+
+
+def test_validation_sample_is_seeded_and_keeps_the_asked_behaviors(tiny):
+    """The trainer's validation sample: the valid requests of n seeded users, of the asked behaviors."""
+    events = user_events(tiny["inter"], tiny["queries"])
+    both = validation_requests(events, 5, seed=3)
+    assert len({r.user_id for r in both}) == 5 and {r.behavior for r in both} == {"rec", "search"}
+    assert both == validation_requests(events, 5, seed=3)
+    assert {r.user_id for r in validation_requests(events, 5, seed=4)} != {r.user_id for r in both}
+    rec = validation_requests(events, 5, seed=3, behaviors=("rec",))
+    assert rec == [r for r in both if r.behavior == "rec"]
+    everyone = validation_requests(events, 0)
+    assert everyone == eval_requests(events, "valid")
 
 def test_epoch_sampling_is_seeded_and_follows_task_weights(tiny):
     events = user_events(tiny["inter"], tiny["queries"])

@@ -185,16 +185,15 @@ def test_validate_diagnostics_on_a_perfect_and_a_hopeless_target(tiny_corpus):
     gm = GenSARModel(_model(tok), tok, ids, cfg, beams=len(ids))
     out = validate(gm, eval_requests(events, "valid")[:4], beams=len(ids), show=False)
     assert out["rec/first_code_in_beam"] == 1.0 and out["search/first_code_in_beam"] == 1.0
-    acc = gm.level_accuracy(gm.sources("rec", [[]] * 3), "cid", ids.item_ids[:3])
+    acc, _ = gm.level_accuracy(gm.sources("rec", [[]] * 3), "cid", ids.item_ids[:3])
     assert len(acc) == 5 and acc[4] == 1.0
     # over the trie's allowed codes: never below the free argmax, and a code with one allowed value is hit
     sources = gm.sources("rec", [[]] * len(ids))
-    free = gm.level_accuracy(sources, "cid", ids.item_ids)
-    in_trie = gm.level_accuracy(sources, "cid", ids.item_ids, in_trie=True)
+    free, in_trie = gm.level_accuracy(sources, "cid", ids.item_ids)
     assert all(b >= a for a, b in zip(free, in_trie)) and in_trie[4] == 1.0
     only_child = [i for i in ids.item_ids if len(gm.tries["cid"].allowed_after(gm.codes["cid"][i][:3])) == 1]
     if only_child:
-        assert gm.level_accuracy(gm.sources("rec", [[]] * len(only_child)), "cid", only_child, in_trie=True)[3] == 1.0
+        assert gm.level_accuracy(gm.sources("rec", [[]] * len(only_child)), "cid", only_child)[1][3] == 1.0
     assert out["rec/acc_trie/l0"] >= out["rec/acc/l0"]
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -223,3 +223,12 @@ def sample_users(events: dict[str, list[Event]], n: int, seed: int = 0, split: s
         return users
     idx = np.random.default_rng(seed).choice(len(users), size=n, replace=False)
     return [users[i] for i in sorted(idx)]
+
+
+def validation_requests(events: dict[str, list[Event]], n_users: int, seed: int = 0,
+                        behaviors: Iterable[str] = ("rec", "search")) -> list[Request]:
+    """The sample a trainer validates on (`train.eval_users`, `train.seed`): the `valid` requests
+    of `n_users` seeded users, those of `behaviors` only."""
+    behaviors = set(behaviors)
+    return [r for r in eval_requests(events, "valid", sample_users(events, n_users, seed, "valid"))
+            if r.behavior in behaviors]

@@ -167,17 +167,19 @@ class GenSARModel:
         return self.generate_items(self.sources("search", histories, queries), "sid", k, candidates, beams)
 
     @torch.no_grad()
-    def level_accuracy(self, sources: Sequence[str], space: str, targets: Sequence[str], batch: int = 64,
-                       in_trie: bool = False) -> list[float]:
-        """Teacher-forced accuracy of each identifier position: the share of `targets` whose code at
-        depth t is the model's argmax given the true codes before it (over the level's codes when
-        the model was trained with `id_loss: level`, else over the whole vocabulary). `in_trie`: the
-        argmax over the codes the identifier trie allows after the true prefix (what constrained
-        decoding chooses from; never below the free accuracy)."""
+    def level_accuracy(self, sources: Sequence[str], space: str, targets: Sequence[str], batch: int = 64
+                       ) -> tuple[list[float], list[float]]:
+        """Teacher-forced accuracy of each identifier position, from one forward pass: the share of
+        `targets` whose code at depth t is the model's argmax given the true codes before it.
+        Returns (free, in_trie): free takes the argmax over the level's codes when the model was
+        trained with `id_loss: level`, else over the whole vocabulary; in_trie over the codes the
+        identifier trie allows after the true prefix (what constrained decoding chooses from; never
+        below the free accuracy)."""
         trie = self.tries[space]
         depth = trie.depth
         groups = self.levels.space[space] if self.levels is not None else None
         correct = np.zeros(depth)
+        correct_trie = np.zeros(depth)
         self.model.eval()
         for i in range(0, len(sources), batch):
             enc = self.encode_sources(sources[i:i + batch])
@@ -185,18 +187,17 @@ class GenSARModel:
             hidden = t5_hidden(self.model, enc["input_ids"], enc["attention_mask"], labels, causal=self.cfg.causal)
             logits = hidden @ self.model.lm_head.weight.T                                # [b, depth, V]
             for t in range(depth):
-                if in_trie:
-                    for r, row in enumerate(labels.tolist()):
-                        toks = torch.as_tensor(trie.allowed_after(row[:t]), device=self.device)
-                        correct[t] += int(toks[logits[r, t, toks].argmax()] == row[t])
-                    continue
                 if groups is None:
                     pred = logits[:, t].argmax(-1)
                 else:
                     toks = torch.as_tensor(groups[t], device=self.device)
                     pred = toks[logits[:, t, toks].argmax(-1)]
                 correct[t] += (pred == labels[:, t]).sum().item()
-        return (correct / max(1, len(sources))).tolist()
+                for r, row in enumerate(labels.tolist()):
+                    toks = torch.as_tensor(trie.allowed_after(row[:t]), device=self.device)
+                    correct_trie[t] += int(toks[logits[r, t, toks].argmax()] == row[t])
+        n = max(1, len(sources))
+        return (correct / n).tolist(), (correct_trie / n).tolist()
 
     def recommend(self, history: Sequence, k: int = 10, candidates: Sequence[str] | None = None):
         """Top-k (item_id, score) for the next recommendation after `history` (list of events)."""

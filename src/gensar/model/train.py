@@ -284,10 +284,10 @@ def validate(gm, requests: list[Request], k: int = 10, beams: int = 20, batch: i
         first = {item: codes[0] for item, codes in gm.codes[space].items()}
         out[f"{behavior}/first_code_in_beam"] = float(np.mean(
             [first[t] in {first[i] for i in r} for t, r in zip(targets, ranked)]))
-        for t, acc in enumerate(gm.level_accuracy(sources, space, targets)):
+        free, in_trie = gm.level_accuracy(sources, space, targets)
+        for t, (acc, acc_trie) in enumerate(zip(free, in_trie)):
             out[f"{behavior}/acc/l{t}"] = acc
-        for t, acc in enumerate(gm.level_accuracy(sources, space, targets, in_trie=True)):
-            out[f"{behavior}/acc_trie/l{t}"] = acc
+            out[f"{behavior}/acc_trie/l{t}"] = acc_trie
     parts = [out[f"{b}/ndcg@{k}"] for b in ("rec", "search") if f"{b}/ndcg@{k}" in out]
     out[f"ndcg@{k}"] = sum(parts) / len(parts) if parts else 0.0
     return out

@@ -32,7 +32,7 @@ from gensar.device import setup_torch
 from gensar.io import atomic_path, file_hash, value_hash, write_json
 from gensar.logs import FORMAT, setup_logging
 from gensar.model import prompts
-from gensar.model.examples import ExampleBuilder, eval_requests, sample_users, user_events
+from gensar.model.examples import ExampleBuilder, user_events, validation_requests
 from gensar.model.generate import GenSARModel
 from gensar.model.levels import LevelVocab, init_code_embeddings
 from gensar.model.prompts import IdentifierMap
@@ -107,9 +107,7 @@ def run(params: Params, canonical: str | Path, ids: str | Path,
             logger.info("identifiers: the constant final code is left out of the %s", " and ".join(idmap.dropped))
         data_version = file_hash(*tables.values(), ids / "identifiers.parquet", ids / "meta.json")
         events = user_events(inter, queries)
-        users = sample_users(events, cfg.eval_users, cfg.seed, "valid")
-        valid = eval_requests(events, "valid", users)
-        valid = [r for r in valid if r.behavior in validated_behaviors(cfg.tasks)]
+        valid = validation_requests(events, cfg.eval_users, cfg.seed, validated_behaviors(cfg.tasks))
 
         if d.main:
             ckpt.mkdir(parents=True, exist_ok=True)
