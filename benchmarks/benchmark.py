@@ -161,7 +161,8 @@ def train_variant(name: str, spec: dict, work: Path, base_params: str, overrides
     if not _done(model_dir / "gensar.json"):
         t0 = time.perf_counter()
         _stage("train").run(params, canonical=work / "prepared/canonical", ids=ids_dir, out=model_dir,
-                            metrics=work / "metrics" / f"train-{name}.json", live=work / "dvclive" / name)
+                            metrics=work / "metrics" / f"train-{name}.json", live=work / "dvclive" / name,
+                            teacher=work / "models/sasrec/model.pt")
         timing["train_seconds"] = round(time.perf_counter() - t0, 1)
         write_json(timing, meta_path)
     return {**info, **timing}

@@ -68,6 +68,10 @@ VARIANTS = {
     "rec-d5": {"train.tasks": REC_ONLY, "model.dropout": 0.5},
     "rec-ls1": {"train.tasks": REC_ONLY, "train.label_smoothing": 0.1},
     "rec-h20": {"train.tasks": REC_ONLY, "train.history_len": 20, "train.max_input_tokens": 256},
+    # distillation from SASRec-CE (gensar.model.distill): the teacher's code distribution at each CID position
+    "rec-kd5": {"train.tasks": REC_ONLY, "model.dropout": 0.0, "train.distill": 0.5},
+    "rec-kd9": {"train.tasks": REC_ONLY, "model.dropout": 0.0, "train.distill": 0.9},
+    "kd5": {"train.distill": 0.5},
     # identifiers of another ids.mode: read from <--ids parent>/<mode> (built by the identifiers stage)
     # `independent`: the CID is a 4-level RQ-VAE over the collaborative embedding alone (no shared codes)
     "rec-indep-ids": {"train.tasks": REC_ONLY, "ids.mode": "independent"},
@@ -90,7 +94,8 @@ def run_variant(name: str, overrides: dict, args) -> subprocess.Popen:
                          f"--set ids.mode=... --out {ids} ...)")
     cmd = [sys.executable, "-m", "gensar.stages.train", "--params", args.params,
            "--canonical", str(Path(args.work) / "prepared/canonical"), "--ids", str(ids),
-           "--out", str(out / "t5"), "--metrics", str(out / "metrics.json"), "--live", ""]
+           "--out", str(out / "t5"), "--metrics", str(out / "metrics.json"), "--live", "",
+           "--teacher", str(Path(args.work) / "models/sasrec/model.pt")]
     for k, v in {**json.loads(args.base), **sets}.items():
         cmd += ["--set", f"{k}={json.dumps(v)}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}

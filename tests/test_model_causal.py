@@ -73,7 +73,8 @@ def test_packed_targets_compute_what_each_target_alone_does(tiny):
     with torch.no_grad():
         packed = t5_hidden(model, **batch, causal=True)                               # [1, 5 * L, D]
         at = 0
-        for tgt, vis in blocks:
+        for tgt, vis, soft in blocks:
+            assert soft is None                                                       # no teacher
             alone_src = torch.tensor([src[:vis]])
             mask = torch.ones_like(alone_src)
             labels = torch.tensor([tgt])

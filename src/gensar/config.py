@@ -156,6 +156,8 @@ class TrainConfig:
     drop_constant_codes: bool = False  # leave out a final disambiguation code that is 0 for every item
     causal: bool = True           # causal encoder: a rec example trains every click of a history in one pass
     label_smoothing: float = 0.0
+    distill: float = 0.0          # weight of SASRec-CE's code distributions in the rec CID loss (gensar.model.distill)
+    distill_temperature: float = 1.0
     lr: float = 2e-3
     schedule: str = "constant"    # constant | inverse_sqrt (after warmup) | cosine (to 0 at the last epoch)
     warmup_ratio: float = 0.05    # warmup as a share of all steps (cosine) ...

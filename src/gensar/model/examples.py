@@ -30,7 +30,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -60,6 +60,8 @@ class Example:
     source: str                          # encoder input text
     target: str | tuple[str | None, ...]  # decoder target text; a rec sequence (`train.causal`): the
                                          # identifier after each `<rec>` of the source (None: no target)
+    soft: np.ndarray | None = field(default=None, compare=False)   # rec sequence with `train.distill`:
+                                         # [targets that are not None, depth, width] teacher code distributions
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,11 @@ class ExampleBuilder:
     """Builds the per-epoch training examples; the pools are computed once."""
 
     def __init__(self, events: dict[str, list[Event]], items: pd.DataFrame, ids: IdentifierMap,
-                 cfg: TrainConfig, count: Callable[[str], int] | None = None):
+                 cfg: TrainConfig, count: Callable[[str], int] | None = None, teacher=None):
         """`count`: the tokenizer's token counter (`prompts.token_counter`); with it, histories are
-        fitted to `cfg.max_input_tokens` by leaving out their oldest clicks, as at inference."""
+        fitted to `cfg.max_input_tokens` by leaving out their oldest clicks, as at inference.
+        `teacher`: a `gensar.model.distill.LevelTeacher`; with it (and `train.causal`) every rec
+        target carries the teacher's code distributions, computed here once."""
         self.ids, self.cfg, self.count = ids, cfg, count
         unknown = set(cfg.tasks) - set(TASKS)
         if unknown:
@@ -112,10 +116,19 @@ class ExampleBuilder:
         self.pools: dict[str, list[tuple]] = {t: [] for t in TASKS}
         if cfg.causal and cfg.history_twins == "both":
             raise ValueError("train.causal: a click must show one entry; set train.history_twins to rec or search")
+        teach: list[tuple[list[str], str]] = []        # (clicked items before, target) of every rec target
         for user, evs in events.items():
             train = [e for e in evs if e.split == "train"]
             if cfg.causal:
-                self.pools["rec"] += rec_chunks(prompts.history_clicks(train, cfg.history_twins), cfg.history_len)
+                clicks = prompts.history_clicks(train, cfg.history_twins)
+                chunks = rec_chunks(clicks, cfg.history_len)
+                self.pools["rec"] += chunks
+                if teacher is not None:
+                    items_before = [c[0][1] for c in clicks]
+                    for start, (chunk, n_context) in zip(range(0, len(clicks), max(1, cfg.history_len)), chunks):
+                        first = start - n_context                      # chunk[j] is clicks[first + j]
+                        teach += [(items_before[:first + j], c[0][1]) for j, c in enumerate(chunk)
+                                  if j >= n_context and c[0][0] == "rec"]
             for e in train:
                 if e.item_id not in ids:
                     raise ValueError(f"interactions: item {e.item_id!r} of user {user!r} has no identifier")
@@ -128,6 +141,15 @@ class ExampleBuilder:
                     self.pools["search"].append((hist, e))
                     self.pools["query"].append((hist, e))
                     self.pools["adhoc"].append((None, e))
+        if teach:
+            soft = teacher.level_targets([h for h, _ in teach], [t for _, t in teach], show=True)
+            logger.info("examples: teacher code distributions of %d rec targets (%.0f MB)", len(soft), soft.nbytes / 2**20)
+            at, pool = 0, []
+            for chunk, n_context in self.pools["rec"]:
+                n = sum(j >= n_context and c[0][0] == "rec" for j, c in enumerate(chunk))
+                pool.append((chunk, n_context, soft[at:at + n]))
+                at += n
+            self.pools["rec"] = pool
         texts = dict(zip(items["item_id"].astype(str), items["text"].astype(str)))
         titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
         for item in ids.item_ids:
@@ -164,9 +186,9 @@ class ExampleBuilder:
         kw = {"history_len": c.history_len, "max_query_words": c.max_query_tokens, "template": None, "rng": rng,
               "twins": c.history_twins, "causal": c.causal, "max_tokens": c.max_input_tokens, "count": self.count}
         if task == "rec" and c.causal:
-            clicks, n_context = payload
+            clicks, n_context = payload[:2]
             source, targets = prompts.rec_sequence(clicks, ids, n_context, c.max_query_tokens)
-            return [Example(task, source, targets)]
+            return [Example(task, source, targets, payload[2] if len(payload) > 2 else None)]
         if task == "rec":
             hist, e = payload
             return [Example(task, prompts.rec_input(hist, ids, **kw), prompts.id_target(e.item_id, "cid", ids))]

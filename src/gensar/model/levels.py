@@ -59,13 +59,16 @@ class LevelVocab:
 
     # ----------------------------------------------------------------------------------------
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
-             label_smoothing: float = 0.0) -> torch.Tensor:
+             label_smoothing: float = 0.0, soft: torch.Tensor | None = None, distill: float = 0.0
+             ) -> torch.Tensor:
         """Mean cross-entropy over the scored target positions.
 
         hidden [B, T, D]: decoder outputs already scaled as T5 scales them before `lm_head`;
         labels [B, T] (-100 = padding); weight [V, D]: the output embedding. Identifier positions
         are scored over their level's codes, text positions over the whole vocabulary; the EOS right
-        after an identifier token is skipped.
+        after an identifier token is skipped. `soft` [B, T, width]: a teacher's distribution over the
+        level's codes where a row is not all zero (`gensar.model.distill`); there the position's loss
+        is (1 - distill) * CE(label) + distill * CE(soft).
         """
         group_of, local_of, groups = self.tensors(labels.device)
         y = labels.reshape(-1)                                             # [B*T]
@@ -79,8 +82,13 @@ class LevelVocab:
             sel = (g == gi).nonzero().squeeze(1)
             if len(sel):
                 logits = h[sel] @ weight[toks].T                          # [n_g, K]
-                total = total + F.cross_entropy(logits, local_of[y[sel]], reduction="sum",
-                                                label_smoothing=label_smoothing)
+                ce = F.cross_entropy(logits, local_of[y[sel]], reduction="none", label_smoothing=label_smoothing)
+                if soft is not None and distill:
+                    q = soft.reshape(-1, soft.shape[-1])[sel, :len(toks)]  # [n_g, K]
+                    taught = q.sum(-1) > 0
+                    soft_ce = -(q * torch.log_softmax(logits, -1)).sum(-1)
+                    ce = torch.where(taught, (1 - distill) * ce + distill * soft_ce, ce)
+                total = total + ce.sum()
                 count += len(sel)
         sel = (g == -1).nonzero().squeeze(1)
         if len(sel):
@@ -113,13 +121,16 @@ class Seq2SeqLoss(torch.nn.Module):
     """The training objective as a module (so DDP wraps one forward): HF's full-vocabulary loss, or
     the identifier-aware loss of `LevelVocab` when `levels` is given. `packed` holds the extra inputs
     of a batch with causal rec sequences (decoder_input_ids and the two masks of `Collate`); `causal`
-    says the encoder is causal (`train.causal`)."""
+    says the encoder is causal (`train.causal`); `soft` and `distill` are the teacher's targets and
+    their weight (`train.distill`)."""
 
-    def __init__(self, model, levels: LevelVocab | None = None, label_smoothing: float = 0.0, causal: bool = False):
+    def __init__(self, model, levels: LevelVocab | None = None, label_smoothing: float = 0.0, causal: bool = False,
+                 distill: float = 0.0):
         super().__init__()
         self.model, self.levels, self.label_smoothing, self.causal = model, levels, label_smoothing, causal
+        self.distill = distill
 
-    def forward(self, input_ids, attention_mask, labels, **packed):
+    def forward(self, input_ids, attention_mask, labels, soft=None, **packed):
         if self.levels is None and not self.label_smoothing and not packed and not self.causal:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         hidden = t5_hidden(self.model, input_ids, attention_mask, labels, causal=self.causal, **packed)
@@ -127,7 +138,7 @@ class Seq2SeqLoss(torch.nn.Module):
             logits = hidden @ self.model.lm_head.weight.T
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                    ignore_index=-100, label_smoothing=self.label_smoothing)
-        return self.levels.loss(hidden, labels, self.model.lm_head.weight, self.label_smoothing)
+        return self.levels.loss(hidden, labels, self.model.lm_head.weight, self.label_smoothing, soft, self.distill)
 
 
 class LevelTrieProcessor(LogitsProcessor):

@@ -137,7 +137,7 @@ def lr_multiplier(schedule: str, step: int, warmup: int, total: int) -> float:
 # batches
 # --------------------------------------------------------------------------------------------
 class Collate:
-    """Pre-tokenized examples -> padded tensors; an example is (source ids, [(target ids, visible)]).
+    """Pre-tokenized examples -> padded tensors; an example is (source ids, [(target ids, visible, soft)]).
 
     An ordinary example has one target that sees the whole source: the batch is `input_ids`,
     `attention_mask` and `labels` (-100 on padding), as HF's T5 takes them. A causal rec sequence
@@ -151,22 +151,37 @@ class Collate:
 
     T5's decoder position bias depends on offsets inside the block only, so a packed block computes
     what the same target decoded alone would (tested).
+
+    A block's `soft` ([target length, width] or None) is the teacher's code distribution at each of
+    its positions (`train.distill`); when a batch has any, `soft` [B, T, width] holds them (zero rows
+    elsewhere).
     """
 
     def __init__(self, pad_id: int, causal: bool = False):
         self.pad_id, self.causal = pad_id, causal
 
-    def __call__(self, batch: list[tuple[list[int], list[tuple[list[int], int]]]]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: list[tuple[list[int], list[tuple[list[int], int, np.ndarray | None]]]]
+                 ) -> dict[str, torch.Tensor]:
         src_len = max(len(s) for s, _ in batch)
-        tgt_len = max(sum(len(t) for t, _ in blocks) for _, blocks in batch)
+        tgt_len = max(sum(len(t) for t, *_ in blocks) for _, blocks in batch)
         input_ids = torch.full((len(batch), src_len), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), src_len), dtype=torch.long)
         labels = torch.full((len(batch), tgt_len), -100, dtype=torch.long)
         for i, (src, blocks) in enumerate(batch):
             input_ids[i, :len(src)] = torch.as_tensor(src)
             mask[i, :len(src)] = 1
-            labels[i, :sum(len(t) for t, _ in blocks)] = torch.as_tensor([x for t, _ in blocks for x in t])
+            labels[i, :sum(len(t) for t, *_ in blocks)] = torch.as_tensor([x for t, *_ in blocks for x in t])
         out = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        widths = {s.shape[1] for _, blocks in batch for *_, s in blocks if s is not None}
+        if widths:
+            soft = torch.zeros(len(batch), tgt_len, max(widths))
+            for i, (_, blocks) in enumerate(batch):
+                at = 0
+                for tgt, _, s in blocks:
+                    if s is not None:
+                        soft[i, at:at + len(s), :s.shape[1]] = torch.as_tensor(s.astype(np.float32))
+                    at += len(tgt)
+            out["soft"] = soft
         if not self.causal:
             return out
         neg = torch.finfo(torch.float32).min
@@ -175,7 +190,7 @@ class Collate:
         visible = torch.zeros((len(batch), tgt_len), dtype=torch.long)         # encoder states it may read
         for i, (_, blocks) in enumerate(batch):
             at = 0
-            for k, (tgt, vis) in enumerate(blocks):
+            for k, (tgt, vis, _) in enumerate(blocks):
                 dec_in[i, at + 1:at + len(tgt)] = torch.as_tensor(tgt[:-1])   # start token, then the target shifted
                 block[i, at:at + len(tgt)] = k
                 visible[i, at:at + len(tgt)] = vis
@@ -190,11 +205,12 @@ class Collate:
 
 
 def tokenize_epoch(tokenizer, examples: list[Example], max_input: int, max_target: int, causal: bool = False
-                   ) -> list[tuple[list[int], list[tuple[list[int], int]]]]:
-    """(source ids, [(target ids, visible source tokens)]) of every example, truncated like the inference
-    path's tokenizer call. With `causal` sources carry no EOS (a causal input ends where its request
-    does); a rec sequence's k-th target sits after the k-th `<rec>` of its source, and targets cut off
-    by the truncation are dropped."""
+                   ) -> list[tuple[list[int], list[tuple[list[int], int, np.ndarray | None]]]]:
+    """(source ids, [(target ids, visible source tokens, soft targets or None)]) of every example,
+    truncated like the inference path's tokenizer call. With `causal` sources carry no EOS (a causal
+    input ends where its request does); a rec sequence's k-th target sits after the k-th `<rec>` of
+    its source (with the example's k-th teacher rows, `Example.soft`), and targets cut off by the
+    truncation are dropped."""
     src = tokenizer([e.source for e in examples], truncation=True, max_length=max_input,
                     add_special_tokens=not causal).input_ids
     plain = [i for i, e in enumerate(examples) if isinstance(e.target, str)]
@@ -206,10 +222,11 @@ def tokenize_epoch(tokenizer, examples: list[Example], max_input: int, max_targe
     out, cut = [], 0
     for i, (e, s) in enumerate(zip(examples, src)):
         if i in tgt:
-            out.append((s, [(tgt[i], len(s))]))
+            out.append((s, [(tgt[i], len(s), None)]))
             continue
         marks = [p for p, t in enumerate(s) if t == rec]
-        blocks = [(codes[t], p + 1) for p, t in zip(marks, e.target) if t is not None]
+        kept = [(p, t) for p, t in zip(marks, e.target) if t is not None]
+        blocks = [(codes[t], p + 1, None if e.soft is None else e.soft[j]) for j, (p, t) in enumerate(kept)]
         cut += sum(t is not None for t in e.target[len(marks):])
         if blocks:
             out.append((s, blocks))
@@ -351,7 +368,9 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
     levels = LevelVocab(tokenizer, builder.ids) if cfg.id_loss == "level" else None
     if cfg.id_loss not in ("full", "level"):
         raise ValueError(f"train.id_loss must be full or level, got {cfg.id_loss!r}")
-    objective = Seq2SeqLoss(model, levels, cfg.label_smoothing, cfg.causal)
+    if cfg.distill and levels is None:
+        raise ValueError("train.distill needs train.id_loss: level (the teacher's targets are per-level codes)")
+    objective = Seq2SeqLoss(model, levels, cfg.label_smoothing, cfg.causal, cfg.distill)
     net = (DDP(objective, device_ids=[device.index] if device.type == "cuda" else None)
            if d.world > 1 else objective)
 

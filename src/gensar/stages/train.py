@@ -32,6 +32,7 @@ from gensar.device import setup_torch
 from gensar.io import atomic_path, file_hash, value_hash, write_json
 from gensar.logs import FORMAT, setup_logging
 from gensar.model import prompts
+from gensar.model.distill import cid_teacher
 from gensar.model.examples import ExampleBuilder, user_events, validation_requests
 from gensar.model.generate import GenSARModel
 from gensar.model.levels import LevelVocab, init_code_embeddings
@@ -80,9 +81,10 @@ def _tokenizer(params: Params, items, queries, idmap: IdentifierMap, init, ckpt:
 def run(params: Params, canonical: str | Path, ids: str | Path,
         out: str | Path, metrics: str | Path,
         live: str | Path | None = None, init: str | Path | None = None,
-        checkpoints: str | Path | None = None) -> dict:
+        checkpoints: str | Path | None = None, teacher: str | Path | None = None) -> dict:
     """Train GenSAR's T5 on the canonical tables and identifier map; returns the summary written to
-    `metrics` (rank 0). Under torchrun every rank calls this."""
+    `metrics` (rank 0). Under torchrun every rank calls this. `teacher`: the collab stage's SASRec-CE
+    checkpoint, read when `train.distill` > 0."""
     t_start = time.time()
     out = Path(out)
     if init is None and params.incremental.enabled and (out / "gensar.json").exists():
@@ -115,7 +117,13 @@ def run(params: Params, canonical: str | Path, ids: str | Path,
         barrier(d)
         tok = load_tokenizer(ckpt / "tokenizer")
         count = prompts.token_counter(lambda text: tok(text, add_special_tokens=False)["input_ids"])
-        builder = ExampleBuilder(events, items, idmap, cfg, count)
+        teach = None
+        if cfg.distill:
+            if not teacher or not Path(teacher).exists():
+                raise FileNotFoundError(f"train.distill = {cfg.distill}: the SASRec-CE teacher {teacher} was not "
+                                        "found (run the collab stage, pass --teacher models/sasrec/model.pt)")
+            teach = cid_teacher(str(teacher), tok, idmap, cfg.distill_temperature)
+        builder = ExampleBuilder(events, items, idmap, cfg, count, teach)
 
         torch.manual_seed(cfg.seed)
         if init:
@@ -132,8 +140,9 @@ def run(params: Params, canonical: str | Path, ids: str | Path,
                              for name, q in load_rqvae(ids / "rqvae.pt").quantizers()}
                 done = init_code_embeddings(model, LevelVocab(tok, idmap), codebooks, cfg.seed)
                 logger.info("model: identifier embeddings of %s start from the RQ-VAE codebooks", ", ".join(done))
+        teacher_version = file_hash(teacher) if cfg.distill else ""
         fingerprint = value_hash(to_dict(params.model), to_dict(params.train), len(tok), data_version,
-                           str(init or ""), d.world, tok_key if d.main else "", _code_version())
+                                 str(init or ""), d.world, tok_key if d.main else "", _code_version(), teacher_version)
         if d.world > 1:  # rank 0 alone knows the tokenizer key; every rank needs the same fingerprint
             box = [fingerprint]
             torch.distributed.broadcast_object_list(box, src=0)
@@ -188,6 +197,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--live", required=True)
     ap.add_argument("--init", default=None, help="warm start from this model directory")
     ap.add_argument("--checkpoints", default=None, help="default: <out>/checkpoints")
+    ap.add_argument("--teacher", default=None, help="SASRec-CE checkpoint (train.distill > 0)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a params key, e.g. --set train.epochs=2 (value parsed as YAML)")
     args = ap.parse_args(argv)
@@ -204,7 +214,7 @@ def main(argv=None) -> dict:
         overrides[key] = yaml.safe_load(value)
     params = load_params(args.params, overrides)
     result = run(params, args.canonical, args.ids, args.out, args.metrics, args.live or None, args.init,
-                 args.checkpoints)
+                 args.checkpoints, args.teacher)
     if rank == "0":
         print(json.dumps(result, default=str))
     return result
