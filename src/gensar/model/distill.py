@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from gensar.ids.sasrec import load_sasrec, pad_left
+from gensar.eval.baselines import SASRecRanker
 from gensar.logs import progress
 
 logger = logging.getLogger(__name__)
@@ -41,15 +41,8 @@ class LevelTeacher:
                  temperature: float = 1.0, batch_size: int = 512):
         if temperature <= 0:
             raise ValueError(f"train.distill_temperature must be > 0, got {temperature}")
-        self.model, ckpt_items = load_sasrec(sasrec_path)
-        index = {it: i for i, it in enumerate(ckpt_items)}
-        missing = [it for it in item_ids if it not in index]
-        if missing:
-            raise ValueError(f"{sasrec_path}: item {missing[0]!r} of the identifier map is not in the SASRec "
-                             f"checkpoint ({len(missing)} missing); retrain the collab stage")
+        self.ranker = SASRecRanker(item_ids, sasrec_path, batch_size=batch_size)   # scores in our item order
         self.row = {it: j for j, it in enumerate(item_ids)}
-        self.ckpt_col = torch.as_tensor([index[it] for it in item_ids])      # our item j -> checkpoint column
-        self.ckpt_index = {it: index[it] + 1 for it in ckpt_items}           # 1-based, 0 = padding
         self.codes = torch.as_tensor(np.asarray(codes, dtype=np.int64))     # [N, depth]
         self.width, self.temperature, self.batch_size = width, temperature, batch_size
         # prefix[t][i]: the group of item i's first t codes (prefix[0] = one group of every item)
@@ -61,9 +54,7 @@ class LevelTeacher:
     @torch.no_grad()
     def probs(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
         """[n, N] p(item | history) in our item order; a history is item ids, oldest first."""
-        seqs = [np.array([self.ckpt_index[i] for i in h if i in self.ckpt_index], dtype=np.int64) for h in histories]
-        x = torch.as_tensor(pad_left(seqs, self.model.cfg.max_len))
-        scores = self.model.item_scores(self.model(x)[:, -1])[:, self.ckpt_col]       # [n, N]
+        scores = torch.as_tensor(self.ranker.score_rec(histories))                     # [n, N]
         return torch.softmax(scores / self.temperature, dim=-1)
 
     @torch.no_grad()
