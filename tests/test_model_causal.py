@@ -47,6 +47,7 @@ def test_sequence_prefix_is_the_inference_input(tiny):
     clicks, evs = _clicks(ids, 6)
     source, targets = prompts.rec_sequence(clicks, ids, n_context=2)
     assert len(targets) == 6 and targets[:2] == (None, None)        # 6 rec clicks; the search click has none
+    assert prompts.rec_targets(clicks, 2) == [3, 4, 5, 6]             # clicks[2] is the search click
     src = tok(source, add_special_tokens=False).input_ids
     rec = tok.convert_tokens_to_ids("<rec>")
     marks = [p for p, t in enumerate(src) if t == rec]

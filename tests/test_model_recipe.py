@@ -231,6 +231,11 @@ def test_minute_validations_keep_their_grid_across_epoch_rows():
     assert not _crossed(st, 15)
     st["train_seconds"] = 30.2 * 60
     assert _crossed(st, 15)
+    st["history"].append({"train_minutes": 59.9})          # an epoch ended just before the 60-minute mark:
+    st["train_seconds"] = 60.6 * 60
+    assert not _crossed(st, 15)                            # ... the grid point is skipped,
+    st["train_seconds"] = 75.1 * 60
+    assert _crossed(st, 15)                                # ... and the next one comes on time
 
 
 def test_single_task_models_are_validated_on_their_task_only():

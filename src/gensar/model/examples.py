@@ -124,11 +124,11 @@ class ExampleBuilder:
                 chunks = rec_chunks(clicks, cfg.history_len)
                 self.pools["rec"] += chunks
                 if teacher is not None:
-                    items_before = [c[0][1] for c in clicks]
-                    for start, (chunk, n_context) in zip(range(0, len(clicks), max(1, cfg.history_len)), chunks):
-                        first = start - n_context                      # chunk[j] is clicks[first + j]
-                        teach += [(items_before[:first + j], c[0][1]) for j, c in enumerate(chunk)
-                                  if j >= n_context and c[0][0] == "rec"]
+                    items_before, new = [c[0][1] for c in clicks], 0     # new: clicks before this chunk's targets
+                    for chunk, n_context in chunks:
+                        first = new - n_context                        # chunk[j] is clicks[first + j]
+                        teach += [(items_before[:first + j], chunk[j][0][1]) for j in prompts.rec_targets(chunk, n_context)]
+                        new += len(chunk) - n_context
             for e in train:
                 if e.item_id not in ids:
                     raise ValueError(f"interactions: item {e.item_id!r} of user {user!r} has no identifier")
@@ -146,7 +146,7 @@ class ExampleBuilder:
             logger.info("examples: teacher code distributions of %d rec targets (%.0f MB)", len(soft), soft.nbytes / 2**20)
             at, pool = 0, []
             for chunk, n_context in self.pools["rec"]:
-                n = sum(j >= n_context and c[0][0] == "rec" for j, c in enumerate(chunk))
+                n = len(prompts.rec_targets(chunk, n_context))
                 pool.append((chunk, n_context, soft[at:at + n]))
                 at += n
             self.pools["rec"] = pool

@@ -238,7 +238,7 @@ def rec_sequence(clicks: Sequence[Sequence], ids: IdentifierMap, n_context: int 
     input. Search clicks are history only here (their SID is trained by the search task, whose input
     template differs).
     """
-    parts, targets = [], []
+    parts, targets, taught = [], [], set(rec_targets(clicks, n_context))
     for k, click in enumerate(clicks):
         if len(click) != 1:
             raise ValueError("rec_sequence: a click must render as one entry (train.causal needs "
@@ -246,8 +246,15 @@ def rec_sequence(clicks: Sequence[Sequence], ids: IdentifierMap, n_context: int 
         ev = click[0]
         parts.append(render_event(ev, ids, max_query_words))
         if ev[0] == "rec":
-            targets.append(id_string(ev[1], "cid", ids) if k >= n_context else None)
+            targets.append(id_string(ev[1], "cid", ids) if k in taught else None)
     return "recommend: history: " + " ".join(parts), tuple(targets)
+
+
+def rec_targets(clicks: Sequence[Sequence], n_context: int = 0) -> list[int]:
+    """Which of a causal rec sequence's clicks are targets: the recommendation clicks after the
+    first `n_context` (those are history only). THE rule; `rec_sequence` and the teacher's rows
+    (`ExampleBuilder`) both read it."""
+    return [k for k, click in enumerate(clicks) if k >= n_context and click[0][0] == "rec"]
 
 
 # Several templates per task for training; template 0 is THE inference template.

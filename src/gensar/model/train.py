@@ -531,9 +531,11 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
 
 def _crossed(st: dict, every_minutes: float) -> bool:
     """True when training time has passed a multiple of `every_minutes` since the last validation row
-    (rows at epoch ends do not shift the grid: validations land at every N minutes of training)."""
+    (rows at epoch ends do not shift the grid: validations land at every N minutes of training). A
+    grid point that comes less than a quarter interval after the last row is skipped: that row
+    already measured the model there."""
     last = st["history"][-1]["train_minutes"] if st["history"] else 0.0
-    return st["train_seconds"] / 60.0 // every_minutes > last // every_minutes
+    return st["train_seconds"] / 60.0 // every_minutes > (last + every_minutes / 4) // every_minutes
 
 
 def _agree(flag: bool, d: Dist) -> bool:
