@@ -42,7 +42,6 @@ class LevelTeacher:
         if temperature <= 0:
             raise ValueError(f"train.distill_temperature must be > 0, got {temperature}")
         self.ranker = SASRecRanker(item_ids, sasrec_path, batch_size=batch_size)   # scores in our item order
-        self.row = {it: j for j, it in enumerate(item_ids)}
         self.codes = torch.as_tensor(np.asarray(codes, dtype=np.int64))     # [N, depth]
         self.width, self.temperature, self.batch_size = width, temperature, batch_size
         # prefix[t][i]: the group of item i's first t codes (prefix[0] = one group of every item)
@@ -65,7 +64,7 @@ class LevelTeacher:
         out = np.zeros((len(targets), depth, self.width), dtype=np.float16)
         for s in progress(range(0, len(targets), self.batch_size), desc="teacher", disable=not show):
             p = self.probs(histories[s:s + self.batch_size])                        # [b, N]
-            tgt = torch.as_tensor([self.row[t] for t in targets[s:s + self.batch_size]])
+            tgt = torch.as_tensor([self.ranker.index[t] for t in targets[s:s + self.batch_size]])
             for t in range(depth):
                 under = self.prefix[t][None, :] == self.prefix[t][tgt][:, None]     # [b, N] items under the prefix
                 q = torch.zeros(len(tgt), self.width).index_add_(1, self.codes[:, t], p * under)   # [b, width]
