@@ -72,6 +72,10 @@ VARIANTS = {
     "rec-kd5": {"train.tasks": REC_ONLY, "model.dropout": 0.0, "train.distill": 0.5},
     "rec-kd9": {"train.tasks": REC_ONLY, "model.dropout": 0.0, "train.distill": 0.9},
     "kd5": {"train.distill": 0.5},
+    # train.cooldown: the constant rate decays linearly to 0 over the last share of the --minutes budget
+    "rec-cool2": {"train.tasks": REC_ONLY, "train.cooldown": 0.2},
+    "rec-cool5": {"train.tasks": REC_ONLY, "train.cooldown": 0.5},
+    "cool2": {"train.cooldown": 0.2},
     # identifiers of another ids.mode: read from <--ids parent>/<mode> (built by the identifiers stage)
     # `independent`: the CID is a 4-level RQ-VAE over the collaborative embedding alone (no shared codes)
     "rec-indep-ids": {"train.tasks": REC_ONLY, "ids.mode": "independent"},

@@ -61,3 +61,21 @@ def test_a_stage_runs_only_with_the_params_file_dvc_reads(tmp_path):
 
     with pytest.raises(ValueError, match=r"DVC reads params.yaml, so a stage can only run with it"):
         run_stage(str(tmp_path), "train", params="other.yaml")
+
+
+def test_dvc_stages_track_every_key_that_changes_results():
+    """A stage that lists its section's keys one by one (to leave out where it runs: device,
+    cpu_threads) lists all the others: a key added to the config but not to dvc.yaml would change a
+    model without `dvc repro` noticing."""
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    where = {"device", "cpu_threads"}
+    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
+    for name, sec in {"embed": "embed", "collab": "collab", "identifiers": "ids", "train": "train"}.items():
+        listed = [p for p in stages[name]["params"] if isinstance(p, str)]
+        fields = {f.name for f in dataclasses.fields(type(getattr(Params(), sec)))}
+        keys = {p.split(".", 1)[1] for p in listed if p.startswith(sec + ".")}
+        assert keys == fields - where, f"dvc.yaml stage {name!r} leaves out {sorted(fields - where - keys)}"

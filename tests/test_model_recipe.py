@@ -15,7 +15,7 @@ from gensar.model.generate import GenSARModel
 from gensar.model.levels import LevelVocab, Seq2SeqLoss, init_code_embeddings, t5_hidden
 from gensar.model.prompts import IdentifierMap
 from gensar.model.t5 import build_model
-from gensar.model.train import Dist, fit, lr_multiplier, validate
+from gensar.model.train import Dist, cooldown, fit, lr_multiplier, validate
 
 
 def _model(tok, seed=0):
@@ -132,6 +132,35 @@ def test_schedules():
     assert lr_multiplier("cosine", 100, warm, total) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="schedule"):
         lr_multiplier("linear", 0, warm, total)
+    # train.cooldown: constant until the last share of training, then linear to 0
+    assert cooldown(0.5, 0.0) == 1.0 and cooldown(1.0, 0.0) == 1.0
+    assert cooldown(0.79, 0.2) == 1.0
+    assert cooldown(0.9, 0.2) == pytest.approx(0.5)
+    assert cooldown(1.0, 0.2) == 0.0 and cooldown(1.3, 0.2) == 0.0
+
+
+def _fit_cooldown(tiny_corpus, tmp_path, **kw):
+    tok, ids = tiny_corpus["tok"], tiny_corpus["ids"]
+    events = user_events(tiny_corpus["inter"], tiny_corpus["queries"])
+    base = {"batch_size": 8, "eval_beams": 4, "device": "cpu", "id_loss": "level", "history_len": 3,
+            "schedule": "constant", "lr": 4e-3, "warmup_steps": 0, "warmup_ratio": 0.0}
+    cfg = TrainConfig(**{**base, **kw})
+    builder = ExampleBuilder(events, tiny_corpus["items"], ids, cfg)
+    make = lambda m: GenSARModel(m, tok, ids, cfg, beams=4)
+    return cfg, fit(_model(tok), tok, builder, make, eval_requests(events, "valid")[:4], cfg, tmp_path / "ckpt",
+                    None, "fp", Dist())
+
+
+def test_cooldown_anneals_the_rate_at_the_end_of_training(tiny_corpus, tmp_path):
+    """train.cooldown over epochs: the first epoch of two runs at the full rate, the second decays it to 0
+    at the last step; over a wall-clock budget it decays on training time."""
+    cfg, summary = _fit_cooldown(tiny_corpus, tmp_path / "epochs", epochs=2, cooldown=0.5)
+    assert [r["lr"] for r in summary["history"]] == [pytest.approx(cfg.lr), pytest.approx(0.0)]
+    cfg, summary = _fit_cooldown(tiny_corpus, tmp_path / "budget", epochs=50, cooldown=1.0, max_minutes=0.01)
+    assert summary["out_of_time"] and summary["steps"] >= 3
+    assert summary["history"][-1]["lr"] < 0.5 * cfg.lr          # the last steps ran near the end of the budget
+    with pytest.raises(ValueError, match="cooldown"):
+        _fit_cooldown(tiny_corpus, tmp_path / "bad", epochs=1, cooldown=0.5, schedule="cosine")
 
 
 def test_codebook_init_places_close_codes_close(tiny_corpus):
@@ -218,7 +247,7 @@ def test_a_constant_final_code_can_be_left_out(tiny_corpus):
 def test_minute_validations_keep_their_grid_across_epoch_rows():
     """eval_every_minutes: a validation is due when training time passes the next multiple of N
     minutes since the last row, whatever rows the epoch ends added in between."""
-    from gensar.model.train import _crossed
+    from gensar.model.train import _crossed, _recent
 
     st = {"history": [], "train_seconds": 14.9 * 60}
     assert not _crossed(st, 15)
@@ -236,6 +265,11 @@ def test_minute_validations_keep_their_grid_across_epoch_rows():
     assert not _crossed(st, 15)                            # ... the grid point is skipped,
     st["train_seconds"] = 75.1 * 60
     assert _crossed(st, 15)                                # ... and the next one comes on time
+    st["history"].append({"train_minutes": 75.1})          # a grid validation just before an epoch ends:
+    st["train_seconds"] = 75.4 * 60
+    assert _recent(st, 15) and not _recent(st, 0)          # ... the epoch end is not validated again
+    st["train_seconds"] = 80.0 * 60
+    assert not _recent(st, 15)
 
 
 def test_single_task_models_are_validated_on_their_task_only():

@@ -160,6 +160,8 @@ class TrainConfig:
     distill_temperature: float = 1.0
     lr: float = 2e-3
     schedule: str = "constant"    # constant | inverse_sqrt (after warmup) | cosine (to 0 at the last epoch)
+    cooldown: float = 0.0         # constant / inverse_sqrt: the last share of training (of max_minutes when
+                                  # set, else of all steps) decays the rate linearly to 0
     warmup_ratio: float = 0.05    # warmup as a share of all steps (cosine) ...
     warmup_steps: int = 50        # ... or a number of steps (when > 0; any schedule)
     weight_decay: float = 0.01

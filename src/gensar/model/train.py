@@ -5,7 +5,8 @@ tokenized once up front and cut into batches bucketed by real token counts (`len
 seeded by the epoch), so the data of an epoch never depends on what happened before. Per step:
 teacher-forced cross-entropy (`gensar.model.levels.Seq2SeqLoss`: over the whole vocabulary, or with
 `train.id_loss: level` over each identifier level's codes), AdamW, learning rate
-`lr * lr_multiplier(train.schedule, step)`, `grad_accum` micro-batches per step, autocast (bf16, or
+`lr * lr_multiplier(train.schedule, step) * cooldown(progress, train.cooldown)` (progress: the share of
+`train.max_minutes` spent, else of all steps), `grad_accum` micro-batches per step, autocast (bf16, or
 fp16 with a grad scaler) on GPU only.
 
 Rank 0 validates after every epoch, every `train.eval_every_steps` optimizer steps (or
@@ -131,6 +132,15 @@ def lr_multiplier(schedule: str, step: int, warmup: int, total: int) -> float:
     if schedule == "constant":
         return 1.0
     return math.sqrt(max(1, warmup) / (step + 1))                     # inverse_sqrt
+
+
+def cooldown(progress: float, share: float) -> float:
+    """Learning-rate multiplier of `train.cooldown`: 1 until the last `share` of training, then linear
+    to 0 at `progress` 1 (warmup-stable-decay: a constant rate that still anneals at the end of a
+    budget, here a wall-clock one whose number of steps nobody knows in advance)."""
+    if share <= 0.0:
+        return 1.0
+    return min(1.0, max(0.0, (1.0 - progress) / share))
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,12 +393,21 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
     total = steps_per_epoch * cfg.epochs
     warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else int(cfg.warmup_ratio * total)
     lr_multiplier(cfg.schedule, 0, warmup, total)                      # fail early on an unknown schedule
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(cfg.schedule, s, warmup, total))
+    if not 0.0 <= cfg.cooldown <= 1.0 or (cfg.cooldown and cfg.schedule == "cosine"):
+        raise ValueError(f"train.cooldown must be in [0, 1] and goes with schedule constant or inverse_sqrt "
+                         f"(cosine decays already), got {cfg.cooldown} with {cfg.schedule!r}")
+    budget = cfg.max_minutes * 60.0
+    clock = [0.0]                   # rank 0's training seconds: every rank decays (and stops) on it
+
+    def multiplier(step: int) -> float:
+        progress = clock[0] / budget if budget else step / max(1, total)
+        return lr_multiplier(cfg.schedule, step, warmup, total) * cooldown(progress, cfg.cooldown)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
     amp = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     collate = Collate(tokenizer.pad_token_id, cfg.causal)
     max_target = max(cfg.max_query_tokens * 2, 16) + 8
-    budget = cfg.max_minutes * 60.0
 
     st = {"epoch": -1, "step": 0, "best": -1.0, "best_row": -1, "bad": 0, "history": [], "train_seconds": 0.0,
           "out_of_time": False}
@@ -400,6 +419,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         st.update({k: state[k] for k in st})
+        clock[0] = st["train_seconds"]
         if d.main:
             logger.info("train: resuming from %s after epoch %d, step %d (best ndcg@10 %.4f)",
                         ckpt_dir / "last.pt", st["epoch"], st["step"], st["best"])
@@ -494,7 +514,8 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
                             lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if not last_micro:
                 continue
-            out_of_time = bool(budget) and _agree(st["train_seconds"] >= budget, d)
+            clock[0] = _rank0(st["train_seconds"], d) if budget else st["train_seconds"]
+            out_of_time = bool(budget) and clock[0] >= budget
             due = (cfg.eval_every_steps and st["step"] % cfg.eval_every_steps == 0) or (
                 cfg.eval_every_minutes and _agree(_crossed(st, cfg.eval_every_minutes), d))
             if out_of_time or due:
@@ -506,7 +527,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
                 if stopped:
                     break
                 net.train()
-        if validated_at != st["step"]:
+        if validated_at != st["step"] and not _agree(_recent(st, cfg.eval_every_minutes), d):
             stopped = checkpoint_row(epoch) or stopped
         save_last(epoch)
         if stopped and d.main and st["bad"] >= cfg.patience:
@@ -529,22 +550,38 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
             "early_stopped": bool(st["bad"] >= cfg.patience)}
 
 
+NEAR = 0.25   # validation rows closer than this share of `train.eval_every_minutes` measure the same model
+
+
 def _crossed(st: dict, every_minutes: float) -> bool:
     """True when training time has passed a multiple of `every_minutes` since the last validation row
     (rows at epoch ends do not shift the grid: validations land at every N minutes of training). A
-    grid point that comes less than a quarter interval after the last row is skipped: that row
+    grid point that comes less than `NEAR` of an interval after the last row is skipped: that row
     already measured the model there."""
     last = st["history"][-1]["train_minutes"] if st["history"] else 0.0
-    return st["train_seconds"] / 60.0 // every_minutes > (last + every_minutes / 4) // every_minutes
+    return st["train_seconds"] / 60.0 // every_minutes > (last + NEAR * every_minutes) // every_minutes
+
+
+def _recent(st: dict, every_minutes: float) -> bool:
+    """With minute validations on, True when the last row is less than `NEAR` of an interval old: an
+    epoch that ends just after a grid validation is not validated again (its checkpoint is still saved)."""
+    if not every_minutes or not st["history"]:
+        return False
+    return st["train_seconds"] / 60.0 - st["history"][-1]["train_minutes"] < NEAR * every_minutes
+
+
+def _rank0(value, d: Dist):
+    """Rank 0's `value` on every rank (ranks' clocks differ; they must decay, validate and stop together)."""
+    if d.world <= 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _agree(flag: bool, d: Dist) -> bool:
-    """True on every rank when it is true on rank 0 (ranks' clocks differ; they must stop together)."""
-    if d.world <= 1:
-        return flag
-    box = [flag]
-    dist.broadcast_object_list(box, src=0)
-    return bool(box[0])
+    """True on every rank when it is true on rank 0."""
+    return bool(_rank0(flag, d))
 
 
 def _open_live(live_dir, history: list[dict]):
