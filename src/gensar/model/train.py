@@ -514,7 +514,8 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
                             lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if not last_micro:
                 continue
-            clock[0] = _rank0(st["train_seconds"], d) if budget else st["train_seconds"]
+            if budget:
+                clock[0] = _rank0(st["train_seconds"], d)
             out_of_time = bool(budget) and clock[0] >= budget
             due = (cfg.eval_every_steps and st["step"] % cfg.eval_every_steps == 0) or (
                 cfg.eval_every_minutes and _agree(_crossed(st, cfg.eval_every_minutes), d))
