@@ -76,6 +76,9 @@ VARIANTS = {
     "rec-cool2": {"train.tasks": REC_ONLY, "train.cooldown": 0.2},
     "rec-cool5": {"train.tasks": REC_ONLY, "train.cooldown": 0.5},
     "cool2": {"train.cooldown": 0.2},
+    "cool5": {"train.cooldown": 0.5},
+    "rec2-cool5": {"train.cooldown": 0.5, "train.tasks": {"rec": 2.0, "search": 1.0, "query": 0.3, "adhoc": 0.3,
+                                                          "align": 0.3}},
     # identifiers of another ids.mode: read from <--ids parent>/<mode> (built by the identifiers stage)
     # `independent`: the CID is a 4-level RQ-VAE over the collaborative embedding alone (no shared codes)
     "rec-indep-ids": {"train.tasks": REC_ONLY, "ids.mode": "independent"},
