@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lanes import Job, run_in_lanes
 from recipe_sweep import VARIANTS
 
 
@@ -121,27 +120,20 @@ def main(argv=None) -> None:
     if unknown:
         ap.error(f"unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
     out = Path(args.out)
-    todo = [(n, int(s)) for n in names for s in args.seeds.split(",")]
-    running: dict[tuple[str, int], subprocess.Popen] = {}
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    while todo or running:
-        while todo and len(running) < args.jobs:
-            name, seed = todo.pop(0)
+    jobs = []
+    for name in names:
+        for seed in (int(s) for s in args.seeds.split(",")):
             run_dir = out / f"{name}-s{seed}"
-            run_dir.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, __file__, "--work", args.work, "--out", str(run_dir), "--params", args.params,
                    "--variants", name, "--epochs", str(args.epochs), "--users", str(args.users),
                    "--watch-users", str(args.watch_users), "--threads", str(args.threads), "--one", name, str(seed)]
-            print(f"[{time.strftime('%H:%M:%S')}] start {name} seed {seed}", flush=True)
-            with open(run_dir / "train.log", "w") as log:
-                running[(name, seed)] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        time.sleep(2)
-        for key, proc in list(running.items()):
-            if proc.poll() is not None:
-                print(f"[{time.strftime('%H:%M:%S')}] {key[0]} seed {key[1]} exited {proc.returncode}", flush=True)
-                del running[key]
-                results = [json.loads(p.read_text()) for p in sorted(out.glob("*/result.json"))]
-                (out / "ab.md").write_text(table(results))
+            jobs.append(Job(f"{name}-s{seed}", cmd, run_dir / "train.log", {"OMP_NUM_THREADS": str(args.threads)}))
+
+    def on_exit(job: Job, code: int, load0: float) -> None:
+        results = [json.loads(p.read_text()) for p in sorted(out.glob("*/result.json"))]
+        (out / "ab.md").write_text(table(results))
+
+    run_in_lanes(jobs, args.jobs, on_exit, poll_s=2.0)
     print((out / "ab.md").read_text() if (out / "ab.md").exists() else "nothing finished")
 
 

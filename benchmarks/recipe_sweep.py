@@ -18,10 +18,11 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lanes import Job, run_in_lanes
 
 CLICKS = {"train.history_twins": "rec"}
 LEVEL = {"train.id_loss": "level"}
@@ -89,9 +90,9 @@ VARIANTS = {
 }
 
 
-def run_variant(name: str, overrides: dict, args) -> subprocess.Popen:
+def variant_job(name: str, overrides: dict, args) -> Job:
+    """The training command of one variant: its budget, validations and threads from the sweep's args."""
     out = Path(args.out) / name
-    out.mkdir(parents=True, exist_ok=True)
     sets = {**overrides, "train.max_minutes": args.minutes, "train.eval_every_minutes": args.eval_minutes,
             "train.epochs": args.epochs, "train.patience": 1000, "train.eval_users": args.eval_users,
             "train.cpu_threads": args.threads, "train.device": "cpu"}
@@ -105,10 +106,8 @@ def run_variant(name: str, overrides: dict, args) -> subprocess.Popen:
            "--teacher", str(Path(args.work) / "models/sasrec/model.pt")]
     for k, v in {**json.loads(args.base), **sets}.items():
         cmd += ["--set", f"{k}={json.dumps(v)}"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    print(f"[{time.strftime('%H:%M:%S')}] start {name} (load {os.getloadavg()[0]:.2f})", flush=True)
-    with open(out / "train.log", "w") as log:          # the child keeps its own copy of the file
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return Job(name, cmd, out / "train.log", {"OMP_NUM_THREADS": str(args.threads),
+                                             "MKL_NUM_THREADS": str(args.threads)})
 
 
 def collect(names: list[str], out: Path) -> dict:
@@ -196,21 +195,15 @@ def main(argv=None) -> None:
     if unknown:
         ap.error(f"unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
     todo = [n for n in names if not (out / n / "metrics.json").exists()]
-    running: dict[str, tuple[subprocess.Popen, float]] = {}
-    while todo or running:
-        while todo and len(running) < args.lanes:
-            name = todo.pop(0)
-            running[name] = (run_variant(name, VARIANTS[name], args), os.getloadavg()[0])
-        time.sleep(5)
-        for name, (proc, load0) in list(running.items()):
-            if proc.poll() is not None:
-                (out / name / "load.json").write_text(json.dumps({"start": load0, "end": os.getloadavg()[0]}))
-                print(f"[{time.strftime('%H:%M:%S')}] {name} exited {proc.returncode}", flush=True)
-                del running[name]
-                results = collect(names, out)
-                (out / "sweep.json").write_text(json.dumps(results, indent=1, default=str))
-                (out / "sweep.md").write_text(to_markdown(results, args.minutes))
-                write_curves(results, out / "curves.csv")
+
+    def on_exit(job: Job, code: int, load0: float) -> None:
+        (out / job.name / "load.json").write_text(json.dumps({"start": load0, "end": os.getloadavg()[0]}))
+        results = collect(names, out)
+        (out / "sweep.json").write_text(json.dumps(results, indent=1, default=str))
+        (out / "sweep.md").write_text(to_markdown(results, args.minutes))
+        write_curves(results, out / "curves.csv")
+
+    run_in_lanes([variant_job(n, VARIANTS[n], args) for n in todo], args.lanes, on_exit)
     print((out / "sweep.md").read_text() if (out / "sweep.md").exists() else "nothing ran")
 
 
