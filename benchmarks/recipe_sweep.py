@@ -73,6 +73,9 @@ VARIANTS = {
     "rec-kd5": {"train.tasks": REC_ONLY, "model.dropout": 0.0, "train.distill": 0.5},
     "rec-kd9": {"train.tasks": REC_ONLY, "model.dropout": 0.0, "train.distill": 0.9},
     "kd5": {"train.distill": 0.5},
+    "kd9": {"train.distill": 0.9},
+    # stronger weight decay (AdamW; params.yaml 0.01): rec-only's validation flattens while its loss still falls
+    "rec-wd1": {"train.tasks": REC_ONLY, "train.weight_decay": 0.1},
     # train.cooldown: the constant rate decays linearly to 0 over the last share of the --minutes budget
     "rec-cool2": {"train.tasks": REC_ONLY, "train.cooldown": 0.2},
     "rec-cool5": {"train.tasks": REC_ONLY, "train.cooldown": 0.5},
