@@ -76,6 +76,8 @@ VARIANTS = {
     "kd9": {"train.distill": 0.9},
     # stronger weight decay (AdamW; params.yaml 0.01): rec-only's validation flattens while its loss still falls
     "rec-wd1": {"train.tasks": REC_ONLY, "train.weight_decay": 0.1},
+    # the joint model without the text tasks (next query, ad-hoc query): which task costs joint rec?
+    "no-text": {"train.tasks": {"rec": 1.0, "search": 1.0, "query": 0.0, "adhoc": 0.0, "align": 0.3}},
     # train.cooldown: the constant rate decays linearly to 0 over the last share of the --minutes budget
     "rec-cool2": {"train.tasks": REC_ONLY, "train.cooldown": 0.2},
     "rec-cool5": {"train.tasks": REC_ONLY, "train.cooldown": 0.5},
