@@ -72,6 +72,7 @@ VARIANTS = {
     # distillation from SASRec-CE (gensar.model.distill): the teacher's code distribution at each CID position
     "rec-kd5": {"train.tasks": REC_ONLY, "model.dropout": 0.0, "train.distill": 0.5},
     "rec-kd9": {"train.tasks": REC_ONLY, "model.dropout": 0.0, "train.distill": 0.9},
+    "rec-kd10": {"train.tasks": REC_ONLY, "train.distill": 1.0},   # the teacher alone at CID positions
     "kd5": {"train.distill": 0.5},
     "kd9": {"train.distill": 0.9},
     # stronger weight decay (AdamW; params.yaml 0.01): rec-only's validation flattens while its loss still falls
