@@ -35,6 +35,7 @@ TODAY = {"train.history_twins": "both", "train.history_len": 3, "train.id_loss":
          "train.schedule": "cosine", "train.lr": 1e-3, "train.warmup_steps": 0, "train.init_codes": False,
          "train.drop_constant_codes": False, "train.batch_size": 256}
 REC_ONLY = {"rec": 1.0, "search": 0.0, "query": 0.0, "adhoc": 0.0, "align": 0.3}
+REC2 = {"rec": 2.0, "search": 1.0, "query": 0.3, "adhoc": 0.3, "align": 0.3}   # params.yaml's tasks, rec drawn twice
 VARIANTS = {
     "today": TODAY,
     "level": {**TODAY, **LEVEL},
@@ -56,10 +57,9 @@ VARIANTS = {
     # rec examples train every click of a history in one pass
     "params": {},
     "causal": {"train.causal": True},
-    "causal-rec2": {"train.causal": True, "train.tasks": {"rec": 2.0, "search": 1.0, "query": 0.3, "adhoc": 0.3,
-                                                          "align": 0.3}},
+    "causal-rec2": {"train.causal": True, "train.tasks": REC2},
     "causal-rec2-h20": {"train.causal": True, "train.history_len": 20, "train.max_input_tokens": 256,
-                        "train.tasks": {"rec": 2.0, "search": 1.0, "query": 0.3, "adhoc": 0.3, "align": 0.3}},
+                        "train.tasks": REC2},
     # recommendation alone (+ item-identifier alignment, as the benchmark's gensar-rec): what limits it once
     # compute does not (issue 14: rec-only flat from minute 21 while its loss falls)
     "dropout1": {"model.dropout": 0.1},   # the joint model as before the default became 0.0 (compare: params)
@@ -84,8 +84,7 @@ VARIANTS = {
     "rec-cool5": {"train.tasks": REC_ONLY, "train.cooldown": 0.5},
     "cool2": {"train.cooldown": 0.2},
     "cool5": {"train.cooldown": 0.5},
-    "rec2-cool5": {"train.cooldown": 0.5, "train.tasks": {"rec": 2.0, "search": 1.0, "query": 0.3, "adhoc": 0.3,
-                                                          "align": 0.3}},
+    "rec2-cool5": {"train.cooldown": 0.5, "train.tasks": REC2},
     # identifiers of another ids.mode: read from <--ids parent>/<mode> (built by the identifiers stage)
     # `independent`: the CID is a 4-level RQ-VAE over the collaborative embedding alone (no shared codes)
     "rec-indep-ids": {"train.tasks": REC_ONLY, "ids.mode": "independent"},
