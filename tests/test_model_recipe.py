@@ -163,6 +163,22 @@ def test_cooldown_anneals_the_rate_at_the_end_of_training(tiny_corpus, tmp_path)
         _fit_cooldown(tiny_corpus, tmp_path / "bad", epochs=1, cooldown=0.5, schedule="cosine")
 
 
+def test_ema_keeps_the_averaged_weights(tiny_corpus, tmp_path):
+    """train.ema: the one validation row scores the moving average, so the model fit ends with is the
+    average saved in last.pt, not the raw weights of the last step."""
+    _, summary = _fit_cooldown(tiny_corpus, tmp_path / "ema", epochs=1, ema=0.5)
+    state = torch.load(tmp_path / "ema/ckpt/last.pt", map_location="cpu", weights_only=False)
+    kept = torch.load(tmp_path / "ema/ckpt/best.pt", map_location="cpu", weights_only=True)
+    name = "shared.weight"
+    average = state["ema"]["module." + name]
+    assert summary["steps"] >= 2 and torch.equal(kept[name], average)
+    assert not torch.allclose(average, state["model"][name])      # the average trails the last step's weights
+    _fit_cooldown(tiny_corpus, tmp_path / "plain", epochs=1)
+    assert torch.load(tmp_path / "plain/ckpt/last.pt", map_location="cpu", weights_only=False)["ema"] is None
+    with pytest.raises(ValueError, match="train.ema"):
+        _fit_cooldown(tiny_corpus, tmp_path / "bad", epochs=1, ema=1.0)
+
+
 def test_codebook_init_places_close_codes_close(tiny_corpus):
     tok, ids = tiny_corpus["tok"], tiny_corpus["ids"]
     model = _model(tok)

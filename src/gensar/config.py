@@ -164,6 +164,8 @@ class TrainConfig:
                                   # set, else of all steps) decays the rate linearly to 0
     warmup_ratio: float = 0.05    # warmup as a share of all steps (cosine) ...
     warmup_steps: int = 50        # ... or a number of steps (when > 0; any schedule)
+    ema: float = 0.0              # > 0: validation and the kept weights use an exponential moving average
+                                  # of the weights with this decay (0.99: about the last 100 steps)
     weight_decay: float = 0.01
     batch_size: int = 256
     grad_accum: int = 1

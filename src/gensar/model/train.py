@@ -15,7 +15,9 @@ Rank 0 validates after every epoch, every `train.eval_every_steps` optimizer ste
 constrained beam search (NDCG@10 of rec and search, averaged = the selection metric, plus per-level
 diagnostics), keeps the best weights, and after every epoch writes `<ckpt>/last.pt` atomically:
 model, optimizer, scheduler, scaler, RNG states, epoch, step, best metric, patience counter, training
-seconds and the history (one row per validation). A crashed or killed run started again with the
+seconds and the history (one row per validation). With `train.ema` = a > 0 the trainer keeps an
+exponential moving average of the weights (torch's `AveragedModel`: w_avg <- a * w_avg + (1 - a) * w
+after every optimizer step), and validation, the best weights and the saved model use the average. A crashed or killed run started again with the
 same configuration resumes from the last finished epoch and ends with the same weights as an
 uninterrupted run (the checkpoint's `fingerprint` must match, else it starts fresh). Early stopping
 after `train.patience` validations without improvement. DVCLive logs every validation row.
@@ -38,6 +40,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from gensar.config import TrainConfig
@@ -396,6 +399,16 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
     if not 0.0 <= cfg.cooldown <= 1.0 or (cfg.cooldown and cfg.schedule == "cosine"):
         raise ValueError(f"train.cooldown must be in [0, 1] and goes with schedule constant or inverse_sqrt "
                          f"(cosine decays already), got {cfg.cooldown} with {cfg.schedule!r}")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ValueError(f"train.ema must be in [0, 1) (0 = off; e.g. 0.99 averages about the last 100 steps), "
+                         f"got {cfg.ema}")
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) \
+        if cfg.ema else None
+
+    def scored():
+        """The weights that validation scores and the best checkpoint keeps: the average when there is one."""
+        return averaged.module if averaged is not None else model
+
     budget = cfg.max_minutes * 60.0
     clock = [0.0]                   # rank 0's training seconds: every rank decays (and stops) on it
 
@@ -417,6 +430,8 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if averaged is not None and state.get("ema") is not None:
+            averaged.load_state_dict(state["ema"])
         _set_rng_state(state["rng"])
         st.update({k: state[k] for k in st})
         clock[0] = st["train_seconds"]
@@ -441,7 +456,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         metrics = [None]
         if d.main:
             t1 = time.time()
-            metrics[0] = validate(make_generator(model), valid, 10, cfg.eval_beams) if valid else {"ndcg@10": 0.0}
+            metrics[0] = validate(make_generator(scored()), valid, 10, cfg.eval_beams) if valid else {"ndcg@10": 0.0}
             metrics[0]["valid_seconds"] = time.time() - t1
         if d.world > 1:
             dist.broadcast_object_list(metrics, src=0)
@@ -451,7 +466,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         if score > st["best"]:
             st.update(best=score, best_row=len(st["history"]) - 1, bad=0)
             if d.main:
-                _atomic_save(model.state_dict(), ckpt_dir / "best.pt")
+                _atomic_save(scored().state_dict(), ckpt_dir / "best.pt")
         else:
             st["bad"] += 1
         if d.main:
@@ -468,7 +483,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         if d.main:
             _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                          "rng": _rng_state(), **st, "epoch": epoch, "fingerprint": fingerprint},
+                          "ema": averaged.state_dict() if averaged is not None else None, "rng": _rng_state(), **st, "epoch": epoch, "fingerprint": fingerprint},
                          ckpt_dir / "last.pt")
 
     stopped = st["out_of_time"] or st["bad"] >= cfg.patience
@@ -503,6 +518,8 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
+                if averaged is not None:
+                    averaged.update_parameters(model)
                 st["step"] += 1
             since["loss"] += loss.item()
             since["batches"] += 1
