@@ -17,10 +17,11 @@ diagnostics), keeps the best weights, and after every epoch writes `<ckpt>/last.
 model, optimizer, scheduler, scaler, RNG states, epoch, step, best metric, patience counter, training
 seconds and the history (one row per validation). With `train.ema` = a > 0 the trainer keeps an
 exponential moving average of the weights (torch's `AveragedModel`: w_avg <- a * w_avg + (1 - a) * w
-after every optimizer step), and validation, the best weights and the saved model use the average. A crashed or killed run started again with the
-same configuration resumes from the last finished epoch and ends with the same weights as an
-uninterrupted run (the checkpoint's `fingerprint` must match, else it starts fresh). Early stopping
-after `train.patience` validations without improvement. DVCLive logs every validation row.
+after every optimizer step), and validation, the best weights and the saved model use the average.
+A crashed or killed run started again with the same configuration resumes from the last finished
+epoch and ends with the same weights as an uninterrupted run (the checkpoint's `fingerprint` must
+match, else it starts fresh). Early stopping after `train.patience` validations without improvement.
+DVCLive logs every validation row.
 
 DDP: run under `torchrun`; `setup_distributed` joins the process group (gloo on CPU, nccl on GPU).
 Only rank 0 evaluates, logs and writes files; the stop decisions are broadcast.
@@ -430,7 +431,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        if averaged is not None and state.get("ema") is not None:
+        if averaged is not None:   # the fingerprint covers train.ema: a matching checkpoint holds the average
             averaged.load_state_dict(state["ema"])
         _set_rng_state(state["rng"])
         st.update({k: state[k] for k in st})
@@ -483,7 +484,8 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         if d.main:
             _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                          "ema": averaged.state_dict() if averaged is not None else None, "rng": _rng_state(), **st, "epoch": epoch, "fingerprint": fingerprint},
+                          "ema": averaged.state_dict() if averaged is not None else None,
+                          "rng": _rng_state(), **st, "epoch": epoch, "fingerprint": fingerprint},
                          ckpt_dir / "last.pt")
 
     stopped = st["out_of_time"] or st["bad"] >= cfg.patience
