@@ -79,6 +79,13 @@ VARIANTS = {
     "rec-wd1": {"train.tasks": REC_ONLY, "train.weight_decay": 0.1},
     # the joint model without the text tasks (next query, ad-hoc query): which task costs joint rec?
     "no-text": {"train.tasks": {"rec": 1.0, "search": 1.0, "query": 0.0, "adhoc": 0.0, "align": 0.3}},
+    # lower text rates: the query suggestions kept, fewer of the joint model's passes on them
+    "text1": {"train.tasks": {"rec": 1.0, "search": 1.0, "query": 0.1, "adhoc": 0.1, "align": 0.3}},
+    # train.ema with train.eval_raw: every row scores the average and the last step's weights (valid/raw/*),
+    # so one lane measures the recipe (raw) and its average, paired
+    "ema998": {"train.ema": 0.998, "train.eval_raw": True},
+    "text1-ema995": {"train.tasks": {"rec": 1.0, "search": 1.0, "query": 0.1, "adhoc": 0.1, "align": 0.3},
+                     "train.ema": 0.995, "train.eval_raw": True},
     # train.cooldown: the constant rate decays linearly to 0 over the last share of the --minutes budget
     "rec-cool2": {"train.tasks": REC_ONLY, "train.cooldown": 0.2},
     "rec-cool5": {"train.tasks": REC_ONLY, "train.cooldown": 0.5},

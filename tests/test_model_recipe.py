@@ -166,7 +166,9 @@ def test_cooldown_anneals_the_rate_at_the_end_of_training(tiny_corpus, tmp_path)
 def test_ema_keeps_the_averaged_weights(tiny_corpus, tmp_path):
     """train.ema: the one validation row scores the moving average, so the model fit ends with is the
     average saved in last.pt, not the raw weights of the last step."""
-    _, summary = _fit_cooldown(tiny_corpus, tmp_path / "ema", epochs=1, ema=0.5)
+    _, summary = _fit_cooldown(tiny_corpus, tmp_path / "ema", epochs=1, ema=0.5, eval_raw=True)
+    row = summary["history"][-1]                                # the same row scores both weights
+    assert {"valid/ndcg@10", "valid/raw/ndcg@10", "valid/raw/rec/ndcg@10"} <= set(row)
     state = torch.load(tmp_path / "ema/ckpt/last.pt", map_location="cpu", weights_only=False)
     kept = torch.load(tmp_path / "ema/ckpt/best.pt", map_location="cpu", weights_only=True)
     name = "shared.weight"
@@ -177,6 +179,8 @@ def test_ema_keeps_the_averaged_weights(tiny_corpus, tmp_path):
     assert torch.load(tmp_path / "plain/ckpt/last.pt", map_location="cpu", weights_only=False)["ema"] is None
     with pytest.raises(ValueError, match="train.ema"):
         _fit_cooldown(tiny_corpus, tmp_path / "bad", epochs=1, ema=1.0)
+    with pytest.raises(ValueError, match="train.eval_raw"):
+        _fit_cooldown(tiny_corpus, tmp_path / "bad", epochs=1, eval_raw=True)
 
 
 def test_codebook_init_places_close_codes_close(tiny_corpus):

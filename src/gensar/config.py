@@ -166,6 +166,8 @@ class TrainConfig:
     warmup_steps: int = 50        # ... or a number of steps (when > 0; any schedule)
     ema: float = 0.0              # > 0: validation and the kept weights use an exponential moving average
                                   # of the weights with this decay (0.99: about the last 100 steps)
+    eval_raw: bool = False        # with ema: every validation row also scores the last step's weights
+                                  # (valid/raw/*): what the average buys, paired; doubles validation time
     weight_decay: float = 0.01
     batch_size: int = 256
     grad_accum: int = 1

@@ -17,7 +17,9 @@ diagnostics), keeps the best weights, and after every epoch writes `<ckpt>/last.
 model, optimizer, scheduler, scaler, RNG states, epoch, step, best metric, patience counter, training
 seconds and the history (one row per validation). With `train.ema` = a > 0 the trainer keeps an
 exponential moving average of the weights (torch's `AveragedModel`: w_avg <- a * w_avg + (1 - a) * w
-after every optimizer step), and validation, the best weights and the saved model use the average.
+after every optimizer step), and validation, the best weights and the saved model use the average;
+`train.eval_raw` also scores the last step's weights at every row (`valid/raw/*`), a paired measure of
+what the average buys.
 A crashed or killed run started again with the same configuration resumes from the last finished
 epoch and ends with the same weights as an uninterrupted run (the checkpoint's `fingerprint` must
 match, else it starts fresh). Early stopping after `train.patience` validations without improvement.
@@ -403,6 +405,8 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
     if not 0.0 <= cfg.ema < 1.0:
         raise ValueError(f"train.ema must be in [0, 1) (0 = off; e.g. 0.99 averages about the last 100 steps), "
                          f"got {cfg.ema}")
+    if cfg.eval_raw and not cfg.ema:
+        raise ValueError("train.eval_raw scores the last step's weights beside the average: it needs train.ema > 0")
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) \
         if cfg.ema else None
 
@@ -459,6 +463,9 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
             t1 = time.time()
             metrics[0] = validate(make_generator(scored()), valid, 10, cfg.eval_beams) if valid else {"ndcg@10": 0.0}
             metrics[0]["valid_seconds"] = time.time() - t1
+            if averaged is not None and cfg.eval_raw and valid:   # the same row, the last step's weights
+                raw = validate(make_generator(model), valid, 10, cfg.eval_beams)
+                metrics[0].update({f"raw/{k}": v for k, v in raw.items()})
         if d.world > 1:
             dist.broadcast_object_list(metrics, src=0)
         row.update({f"valid/{k}": v for k, v in metrics[0].items()})
@@ -478,6 +485,10 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
                         row.get("valid/search/ndcg@10", float("nan")),
                         row.get("valid/rec/first_code_in_beam", float("nan")),
                         row.get("valid/search/first_code_in_beam", float("nan")), row["examples_per_s"])
+            if "valid/raw/ndcg@10" in row:
+                logger.info("  last step's weights (not the average): valid ndcg@10 %.4f (rec %.4f, search %.4f)",
+                            row["valid/raw/ndcg@10"], row.get("valid/raw/rec/ndcg@10", float("nan")),
+                            row.get("valid/raw/search/ndcg@10", float("nan")))
         return st["bad"] >= cfg.patience
 
     def save_last(epoch: int) -> None:
