@@ -38,7 +38,7 @@ VARIANTS = {
     "gensar-rec": {  # GenSAR identifiers, trained on recommendation (+ item-identifier alignment)
         "overrides": {"train.tasks": {**NO_TASKS, "rec": 1.0, "align": 0.3}}, "tasks": ("rec",)},
     "gensar-search": {  # GenSAR identifiers, trained on search data only (+ alignment)
-        "overrides": {"train.tasks": {**NO_TASKS, "search": 1.0, "query": 0.3, "adhoc": 0.3, "align": 0.3}},
+        "overrides": {"train.tasks": {**NO_TASKS, "search": 1.0, "query": 0.1, "adhoc": 0.1, "align": 0.3}},
         "tasks": ("search",)},
     "tiger": {  # TIGER-style: semantic IDs only, next-item recommendation only
         "overrides": {"ids.mode": "semantic", "train.tasks": {**NO_TASKS, "rec": 1.0}},

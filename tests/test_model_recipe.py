@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from gensar.config import ModelConfig, TrainConfig
 from gensar.model import prompts
@@ -15,7 +16,7 @@ from gensar.model.generate import GenSARModel
 from gensar.model.levels import LevelVocab, Seq2SeqLoss, init_code_embeddings, t5_hidden
 from gensar.model.prompts import IdentifierMap
 from gensar.model.t5 import build_model
-from gensar.model.train import Dist, cooldown, fit, lr_multiplier, validate
+from gensar.model.train import Dist, cooldown, ema_update, fit, lr_multiplier, validate
 
 
 def _model(tok, seed=0):
@@ -161,6 +162,22 @@ def test_cooldown_anneals_the_rate_at_the_end_of_training(tiny_corpus, tmp_path)
     assert summary["history"][-1]["lr"] < 0.5 * cfg.lr          # the last steps ran near the end of the budget
     with pytest.raises(ValueError, match="cooldown"):
         _fit_cooldown(tiny_corpus, tmp_path / "bad", epochs=1, cooldown=0.5, schedule="cosine")
+
+
+def test_ema_update_warms_up_to_its_decay():
+    """The first update copies, the next ones weigh the new weights by 1 - min(decay, (1 + n) / (10 + n))."""
+    net = torch.nn.Linear(1, 1, bias=False)
+    averaged = AveragedModel(net, multi_avg_fn=ema_update(0.9), use_buffers=True)
+    expected = 0.0
+    for n in range(100):
+        net.weight.data.fill_(float(n))
+        averaged.update_parameters(net)
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = float(n) if n == 0 else d * expected + (1 - d) * n
+        if n == 1:
+            assert expected == pytest.approx(9 / 11)                # early: mostly the new weights
+    assert averaged.module.weight.item() == pytest.approx(expected, rel=1e-5)
+    assert 90 < expected < 92                                       # late: about the last 10 steps (n - 9)
 
 
 def test_ema_keeps_the_averaged_weights(tiny_corpus, tmp_path):
