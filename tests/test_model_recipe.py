@@ -2,6 +2,7 @@
 the wall-clock budget, codebook-initialised code embeddings and the validation diagnostics."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import pandas as pd
@@ -11,6 +12,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from gensar.config import ModelConfig, TrainConfig
 from gensar.model import prompts
+from gensar.model import train as train_module
 from gensar.model.examples import Event, ExampleBuilder, eval_requests, user_events
 from gensar.model.generate import GenSARModel
 from gensar.model.levels import LevelVocab, Seq2SeqLoss, init_code_embeddings, t5_hidden
@@ -152,11 +154,14 @@ def _fit_cooldown(tiny_corpus, tmp_path, **kw):
                     None, "fp", Dist())
 
 
-def test_cooldown_anneals_the_rate_at_the_end_of_training(tiny_corpus, tmp_path):
+def test_cooldown_anneals_the_rate_at_the_end_of_training(tiny_corpus, tmp_path, monkeypatch):
     """train.cooldown over epochs: the first epoch of two runs at the full rate, the second decays it to 0
     at the last step; over a wall-clock budget it decays on training time."""
     cfg, summary = _fit_cooldown(tiny_corpus, tmp_path / "epochs", epochs=2, cooldown=0.5)
     assert [r["lr"] for r in summary["history"]] == [pytest.approx(cfg.lr), pytest.approx(0.0)]
+    # the trainer's clock advances 0.05 s per reading, so a step "takes" 0.05 s however loaded the machine is
+    ticks = itertools.count(0.0, 0.05)
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(ticks))
     cfg, summary = _fit_cooldown(tiny_corpus, tmp_path / "budget", epochs=50, cooldown=1.0, max_minutes=0.01)
     assert summary["out_of_time"] and summary["steps"] >= 3
     assert summary["history"][-1]["lr"] < 0.5 * cfg.lr          # the last steps ran near the end of the budget
