@@ -35,6 +35,7 @@ TODAY = {"train.history_twins": "both", "train.history_len": 3, "train.id_loss":
          "train.schedule": "cosine", "train.lr": 1e-3, "train.warmup_steps": 0, "train.init_codes": False,
          "train.drop_constant_codes": False, "train.batch_size": 256}
 REC_ONLY = {"rec": 1.0, "search": 0.0, "query": 0.0, "adhoc": 0.0, "align": 0.3}
+TEXT1 = {"rec": 1.0, "search": 1.0, "query": 0.1, "adhoc": 0.1, "align": 0.3}  # params.yaml's tasks since d1a3a66
 REC2 = {"rec": 2.0, "search": 1.0, "query": 0.3, "adhoc": 0.3, "align": 0.3}   # params.yaml's tasks, rec drawn twice
 VARIANTS = {
     "today": TODAY,
@@ -80,12 +81,11 @@ VARIANTS = {
     # the joint model without the text tasks (next query, ad-hoc query): which task costs joint rec?
     "no-text": {"train.tasks": {"rec": 1.0, "search": 1.0, "query": 0.0, "adhoc": 0.0, "align": 0.3}},
     # lower text rates: the query suggestions kept, fewer of the joint model's passes on them
-    "text1": {"train.tasks": {"rec": 1.0, "search": 1.0, "query": 0.1, "adhoc": 0.1, "align": 0.3}},
+    "text1": {"train.tasks": TEXT1},
     # train.ema with train.eval_raw: every row scores the average and the last step's weights (valid/raw/*),
     # so one lane measures the recipe (raw) and its average, paired
     "ema998": {"train.ema": 0.998, "train.eval_raw": True},
-    "text1-ema995": {"train.tasks": {"rec": 1.0, "search": 1.0, "query": 0.1, "adhoc": 0.1, "align": 0.3},
-                     "train.ema": 0.995, "train.eval_raw": True},
+    "text1-ema995": {"train.tasks": TEXT1, "train.ema": 0.995, "train.eval_raw": True},
     # train.cooldown: the constant rate decays linearly to 0 over the last share of the --minutes budget
     "rec-cool2": {"train.tasks": REC_ONLY, "train.cooldown": 0.2},
     "rec-cool5": {"train.tasks": REC_ONLY, "train.cooldown": 0.5},

@@ -476,7 +476,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
             t1 = time.time()
             metrics[0] = validate(make_generator(scored()), valid, 10, cfg.eval_beams) if valid else {"ndcg@10": 0.0}
             metrics[0]["valid_seconds"] = time.time() - t1
-            if averaged is not None and cfg.eval_raw and valid:   # the same row, the last step's weights
+            if cfg.eval_raw and valid:   # the same row, the last step's weights (eval_raw implies an average)
                 raw = validate(make_generator(model), valid, 10, cfg.eval_beams)
                 metrics[0].update({f"raw/{k}": v for k, v in raw.items()})
         if d.world > 1:
