@@ -82,6 +82,9 @@ VARIANTS = {
     "no-text": {"train.tasks": {"rec": 1.0, "search": 1.0, "query": 0.0, "adhoc": 0.0, "align": 0.3}},
     # lower text rates: the query suggestions kept, fewer of the joint model's passes on them
     "text1": {"train.tasks": TEXT1},
+    # which text task costs joint rec at the default rates: each alone at .1 (compare: params)
+    "text-query": {"train.tasks": {**TEXT1, "adhoc": 0.0}},
+    "text-adhoc": {"train.tasks": {**TEXT1, "query": 0.0}},
     # train.ema with train.eval_raw: every row scores the average and the last step's weights (valid/raw/*),
     # so one lane measures the recipe (raw) and its average, paired
     "ema998": {"train.ema": 0.998, "train.eval_raw": True},
