@@ -76,6 +76,7 @@ VARIANTS = {
     "rec-kd10": {"train.tasks": REC_ONLY, "train.distill": 1.0},   # the teacher alone at CID positions
     "kd5": {"train.distill": 0.5},
     "kd9": {"train.distill": 0.9},
+    "kd10": {"train.distill": 1.0},   # the joint model with the teacher alone at CID positions
     # stronger weight decay (AdamW; params.yaml 0.01): rec-only's validation flattens while its loss still falls
     "rec-wd1": {"train.tasks": REC_ONLY, "train.weight_decay": 0.1},
     # the joint model without the text tasks (next query, ad-hoc query): which task costs joint rec?
