@@ -36,7 +36,7 @@ TODAY = {"train.history_twins": "both", "train.history_len": 3, "train.id_loss":
          "train.drop_constant_codes": False, "train.batch_size": 256}
 REC_ONLY = {"rec": 1.0, "search": 0.0, "query": 0.0, "adhoc": 0.0, "align": 0.3}
 TEXT1 = {"rec": 1.0, "search": 1.0, "query": 0.1, "adhoc": 0.1, "align": 0.3}  # params.yaml's tasks since d1a3a66
-REC2 = {"rec": 2.0, "search": 1.0, "query": 0.3, "adhoc": 0.3, "align": 0.3}   # params.yaml's tasks, rec drawn twice
+REC2 = {"rec": 2.0, "search": 1.0, "query": 0.3, "adhoc": 0.3, "align": 0.3}   # params.yaml's tasks before d1a3a66, rec drawn twice
 VARIANTS = {
     "today": TODAY,
     "level": {**TODAY, **LEVEL},
@@ -80,7 +80,7 @@ VARIANTS = {
     # stronger weight decay (AdamW; params.yaml 0.01): rec-only's validation flattens while its loss still falls
     "rec-wd1": {"train.tasks": REC_ONLY, "train.weight_decay": 0.1},
     # the joint model without the text tasks (next query, ad-hoc query): which task costs joint rec?
-    "no-text": {"train.tasks": {"rec": 1.0, "search": 1.0, "query": 0.0, "adhoc": 0.0, "align": 0.3}},
+    "no-text": {"train.tasks": {**TEXT1, "query": 0.0, "adhoc": 0.0}},
     # lower text rates: the query suggestions kept, fewer of the joint model's passes on them
     "text1": {"train.tasks": TEXT1},
     # which text task costs joint rec at the default rates: each alone at .1 (compare: params)
