@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 
 import pandas as pd
 import pytest
@@ -12,7 +13,6 @@ from torch.optim.swa_utils import AveragedModel
 
 from gensar.config import ModelConfig, TrainConfig
 from gensar.model import prompts
-from gensar.model import train as train_module
 from gensar.model.examples import Event, ExampleBuilder, eval_requests, user_events
 from gensar.model.generate import GenSARModel
 from gensar.model.levels import LevelVocab, Seq2SeqLoss, init_code_embeddings, t5_hidden
@@ -142,7 +142,7 @@ def test_schedules():
     assert cooldown(1.0, 0.2) == 0.0 and cooldown(1.3, 0.2) == 0.0
 
 
-def _fit_cooldown(tiny_corpus, tmp_path, **kw):
+def _fit_cooldown(tiny_corpus, tmp_path, timer=time.perf_counter, **kw):
     tok, ids = tiny_corpus["tok"], tiny_corpus["ids"]
     events = user_events(tiny_corpus["inter"], tiny_corpus["queries"])
     base = {"batch_size": 8, "eval_beams": 4, "device": "cpu", "id_loss": "level", "history_len": 3,
@@ -151,18 +151,18 @@ def _fit_cooldown(tiny_corpus, tmp_path, **kw):
     builder = ExampleBuilder(events, tiny_corpus["items"], ids, cfg)
     make = lambda m: GenSARModel(m, tok, ids, cfg, beams=4)
     return cfg, fit(_model(tok), tok, builder, make, eval_requests(events, "valid")[:4], cfg, tmp_path / "ckpt",
-                    None, "fp", Dist())
+                    None, "fp", Dist(), timer=timer)
 
 
-def test_cooldown_anneals_the_rate_at_the_end_of_training(tiny_corpus, tmp_path, monkeypatch):
+def test_cooldown_anneals_the_rate_at_the_end_of_training(tiny_corpus, tmp_path):
     """train.cooldown over epochs: the first epoch of two runs at the full rate, the second decays it to 0
     at the last step; over a wall-clock budget it decays on training time."""
     cfg, summary = _fit_cooldown(tiny_corpus, tmp_path / "epochs", epochs=2, cooldown=0.5)
     assert [r["lr"] for r in summary["history"]] == [pytest.approx(cfg.lr), pytest.approx(0.0)]
     # the trainer's clock advances 0.05 s per reading, so a step "takes" 0.05 s however loaded the machine is
     ticks = itertools.count(0.0, 0.05)
-    monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(ticks))
-    cfg, summary = _fit_cooldown(tiny_corpus, tmp_path / "budget", epochs=50, cooldown=1.0, max_minutes=0.01)
+    cfg, summary = _fit_cooldown(tiny_corpus, tmp_path / "budget", timer=lambda: next(ticks), epochs=50,
+                                 cooldown=1.0, max_minutes=0.01)
     assert summary["out_of_time"] and summary["steps"] >= 3
     assert summary["history"][-1]["lr"] < 0.5 * cfg.lr          # the last steps ran near the end of the budget
     with pytest.raises(ValueError, match="cooldown"):
