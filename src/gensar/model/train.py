@@ -523,8 +523,9 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         lengths = np.array([len(src) for src, _ in data])               # real token counts
         batches = length_batches(lengths, cfg.batch_size, cfg.seed, epoch, d.rank, d.world)
         loader = DataLoader(data, batch_sampler=batches, collate_fn=collate)
-        since["seconds"] += timer() - t0
-        st["train_seconds"] += timer() - t0
+        elapsed = timer() - t0                                           # one reading for both counters
+        since["seconds"] += elapsed
+        st["train_seconds"] += elapsed
         net.train()
         validated_at = -1
         bar = progress(loader, desc=f"epoch {epoch}", disable=not d.main, mininterval=2.0)
