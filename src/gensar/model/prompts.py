@@ -47,7 +47,7 @@ from gensar.ids.tokens import id_tokens, parse_token, vocabulary
 
 REC, QUERY, CLICK = "<rec>", "<query>", "<click>"
 ITEM_TOKEN = "<item_{}>"                 # an item's own input token (`train.item_tokens`)
-ITEM_ID_OK = re.compile(r"[^\s<>]+")     # item ids that can be written inside one
+ITEM_ID_OK = re.compile(r"[^\s<>]+")     # item ids that can be written inside one such token
 BEHAVIOR_TOKENS = (REC, QUERY, CLICK)
 SPACES = ("sid", "cid")
 
