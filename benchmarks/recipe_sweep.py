@@ -100,6 +100,13 @@ VARIANTS = {
     # `independent`: the CID is a 4-level RQ-VAE over the collaborative embedding alone (no shared codes)
     "rec-indep-ids": {"train.tasks": REC_ONLY, "ids.mode": "independent"},
     "indep-ids": {"ids.mode": "independent"},
+    # train.item_tokens: history entries also show the item's own token (an input-only embedding per item,
+    # the codes being shared by many items); its rows start from SASRec-CE's item vectors, or random
+    "items-sasrec": {"train.item_tokens": "sasrec"},
+    "items-random": {"train.item_tokens": "random"},
+    "rec-items-sasrec": {"train.tasks": REC_ONLY, "train.item_tokens": "sasrec"},
+    # a deeper model: 4 + 4 layers at the tiny width (each step costs more on the CPU: equal minutes)
+    "deep4": {"model.size": "custom", "model.num_layers": 4, "model.num_decoder_layers": 4},
     "combined-rec-search-only": {**TODAY, **COMBINED,
                                  "train.tasks": {"rec": 1.0, "search": 1.0, "query": 0.0, "adhoc": 0.0,
                                                  "align": 0.0}},

@@ -35,6 +35,20 @@ def tiny_corpus(tmp_path_factory) -> dict:
             "tok": tok}
 
 
+@pytest.fixture(scope="session")
+def teacher_path(tiny_corpus, tmp_path_factory):
+    """A SASRec-CE checkpoint over the tiny items (random weights: a real model, any distribution)."""
+    from gensar.ids.sasrec import SASRec, SASRecConfig, save_sasrec
+
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=len(tiny_corpus["ids"]), hidden=16, inner=32, max_len=8)).eval()
+    with torch.no_grad():                  # spread its scores so that the distribution is far from uniform
+        model.item_emb.weight.mul_(40)
+    path = tmp_path_factory.mktemp("teacher") / "model.pt"
+    save_sasrec(model, path, list(reversed(tiny_corpus["ids"].item_ids)))    # another item order than ours
+    return path
+
+
 @pytest.fixture
 def params() -> Params:
     """Default params with a tiny synthetic dataset (fast everywhere)."""

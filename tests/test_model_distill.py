@@ -9,24 +9,11 @@ import pytest
 import torch
 
 from gensar.config import load_params
-from gensar.ids.sasrec import SASRec, SASRecConfig, save_sasrec
 from gensar.model import prompts
 from gensar.model.distill import cid_teacher
 from gensar.model.examples import ExampleBuilder, user_events
 from gensar.model.levels import LevelVocab
 from gensar.model.train import Collate, tokenize_epoch
-
-
-@pytest.fixture(scope="module")
-def teacher_path(tiny_corpus, tmp_path_factory):
-    """A SASRec-CE checkpoint over the tiny items (random weights: a real model, any distribution)."""
-    torch.manual_seed(0)
-    model = SASRec(SASRecConfig(n_items=len(tiny_corpus["ids"]), hidden=16, inner=32, max_len=8)).eval()
-    with torch.no_grad():                  # spread its scores so that the distribution is far from uniform
-        model.item_emb.weight.mul_(40)
-    path = tmp_path_factory.mktemp("teacher") / "model.pt"
-    save_sasrec(model, path, list(reversed(tiny_corpus["ids"].item_ids)))    # another item order than ours
-    return path
 
 
 def test_level_distributions_multiply_back_to_the_teachers_item_distribution(tiny_corpus, teacher_path):

@@ -12,6 +12,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -154,6 +155,8 @@ class TrainConfig:
     id_loss: str = "level"        # level: each identifier level's codes only | full: whole-vocabulary softmax
     init_codes: bool = True       # identifier-token embeddings start from the RQ-VAE codebooks
     drop_constant_codes: bool = False  # leave out a final disambiguation code that is 0 for every item
+    item_tokens: Literal["none", "random", "sasrec"] = "none"   # history entries also show the item's own
+                                  # token; its embedding starts random, or from SASRec-CE's item vector
     causal: bool = True           # causal encoder: a rec example trains every click of a history in one pass
     label_smoothing: float = 0.0
     distill: float = 0.0          # weight of SASRec-CE's code distributions in the rec CID loss (gensar.model.distill)

@@ -175,14 +175,22 @@ class LevelTrieProcessor(LogitsProcessor):
         return out
 
 
+def projected_rows(vectors: np.ndarray, d_model: int, std: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """[n, d] vectors -> [n, d_model] embedding rows: `vectors @ P` with P a fixed Gaussian projection
+    [d, d_model] (vectors close in their own space start close in the T5's), centred and scaled to `std`."""
+    vec = torch.as_tensor(np.asarray(vectors), dtype=torch.float32)
+    proj = torch.randn(vec.shape[1], d_model, generator=gen) / vec.shape[1] ** 0.5
+    rows = vec @ proj
+    rows = rows - rows.mean(0)
+    return rows / rows.std().clamp(min=1e-8) * std
+
+
 @torch.no_grad()
 def init_code_embeddings(model, levels: LevelVocab, codebooks: dict[str, np.ndarray], seed: int = 0) -> list[str]:
     """Start identifier-token embeddings from the RQ-VAE codebooks (`train.init_codes`).
 
-    The rows of level group `name` become `codebooks[name] @ P` with P a fixed Gaussian projection
-    [code dim, d_model] (so codes close in the RQ-VAE's space start close in the T5's), centred and
-    scaled to the embedding matrix's standard deviation. Returns the groups initialised; groups
-    without a codebook (the disambiguation code) keep their random rows.
+    The rows of level group `name` become `projected_rows(codebooks[name])`. Returns the groups
+    initialised; groups without a codebook (the disambiguation code) keep their random rows.
     """
     weight = model.get_input_embeddings().weight                          # [V, D], tied to lm_head
     std = weight.std()
@@ -192,11 +200,23 @@ def init_code_embeddings(model, levels: LevelVocab, codebooks: dict[str, np.ndar
         if name not in levels.names:
             continue
         toks = torch.as_tensor(levels.groups[levels.names.index(name)])
-        cb = torch.as_tensor(np.asarray(codebook), dtype=torch.float32)[:len(toks)]    # [K, d_code]
-        proj = torch.randn(cb.shape[1], weight.shape[1], generator=gen) / cb.shape[1] ** 0.5
-        rows = cb @ proj                                                              # [K, D]
-        rows = rows - rows.mean(0)
-        rows = rows / rows.std().clamp(min=1e-8) * std
+        rows = projected_rows(np.asarray(codebook)[:len(toks)], weight.shape[1], std, gen)      # [K, D]
         weight[toks[:len(rows)]] = rows.to(weight.dtype)
         done.append(name)
     return done
+
+
+@torch.no_grad()
+def init_item_embeddings(model, tokenizer, ids: IdentifierMap, vectors: dict[str, np.ndarray], seed: int = 0) -> int:
+    """Start item-token embeddings (`train.item_tokens: sasrec`) from `vectors` (item id -> SASRec-CE's
+    item vector), through `projected_rows`; items without a vector keep their random rows. Returns the
+    number of rows set."""
+    items = [i for i in ids.item_ids if i in vectors]
+    if not items or not ids.item_tokens:
+        return 0
+    weight = model.get_input_embeddings().weight                          # [V, D], tied to lm_head
+    toks = torch.as_tensor(check_single_tokens(tokenizer, [ids.item_token(i) for i in items]))
+    rows = projected_rows(np.stack([vectors[i] for i in items]), weight.shape[1], weight.std(),
+                          torch.Generator().manual_seed(seed + 1))                         # [n, D]
+    weight[toks] = rows.to(weight.dtype)
+    return len(items)

@@ -9,6 +9,10 @@ id string is accepted and read as a recommendation click (lossy: prefer full eve
     recommendation click   ->  <rec> <h0_3><h1_7><c2_1><c3_5><d4_0>          (the item's CID)
     search session         ->  <query> desk lamp <click> <h0_3><h1_7><s2_4><s3_2><d4_0>   (query + SID)
 
+With an identifier map that has item tokens (`train.item_tokens`), a history entry also shows the
+item's own token after its identifier (`... <d4_0> <item_B0001>`): one free embedding per item on the
+input side, where the codes are shared by many items; targets stay identifiers.
+
 An input longer than `train.max_input_tokens` loses its OLDEST clicks, never its end (the query, the
 final `<rec>`): given a token counter (`token_counter`), the input functions leave out the oldest
 clicks until the input fits (`render_history(max_tokens=...)`).
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +46,8 @@ import pandas as pd
 from gensar.ids.tokens import id_tokens, parse_token, vocabulary
 
 REC, QUERY, CLICK = "<rec>", "<query>", "<click>"
+ITEM_TOKEN = "<item_{}>"                 # an item's own input token (`train.item_tokens`)
+ITEM_ID_OK = re.compile(r"[^\s<>]+")     # item ids that can be written inside one such token
 BEHAVIOR_TOKENS = (REC, QUERY, CLICK)
 SPACES = ("sid", "cid")
 
@@ -52,9 +59,12 @@ class IdentifierMap:
     collaborative ID; `tokens()` every identifier token the map can use (tokenizer vocabulary).
     `drop_constant_codes` (`train.drop_constant_codes`): a final disambiguation code that is 0 for
     every item of a space (Sinkhorn left no collision) is left out of that space's identifiers.
+    `item_tokens` (`train.item_tokens` other than `none`): history entries also show each item's own
+    token `<item_{item_id}>` (`item_token`), an input-only token that targets never use.
     """
 
-    def __init__(self, frame: pd.DataFrame, meta: dict, drop_constant_codes: bool = False):
+    def __init__(self, frame: pd.DataFrame, meta: dict, drop_constant_codes: bool = False,
+                 item_tokens: bool = False):
         for col in ("item_id", "sid", "cid"):
             if col not in frame.columns:
                 raise ValueError(f"identifier map: column '{col}' missing (have {list(frame.columns)})")
@@ -79,13 +89,19 @@ class IdentifierMap:
         self._cid = {i: id_tokens(c, self.cid_kinds) for i, c in zip(self.item_ids, cid)}
         if len(self._sid) != len(self.item_ids):
             raise ValueError("identifier map: item_id is not unique")
+        self.item_tokens = bool(item_tokens)
+        if self.item_tokens:
+            bad = [i for i in self.item_ids if not ITEM_ID_OK.fullmatch(i)]
+            if bad:
+                raise ValueError(f"identifier map: {len(bad)} item ids cannot be item tokens (train.item_tokens needs "
+                                 f"ids without whitespace or '<>'), e.g. {bad[:3]}")
 
     @classmethod
-    def load(cls, ids_dir: str | Path, drop_constant_codes: bool = False) -> IdentifierMap:
+    def load(cls, ids_dir: str | Path, drop_constant_codes: bool = False, item_tokens: bool = False) -> IdentifierMap:
         ids_dir = Path(ids_dir)
         frame = pd.read_parquet(ids_dir / "identifiers.parquet")
         meta = json.loads((ids_dir / "meta.json").read_text())
-        return cls(frame, meta, drop_constant_codes)
+        return cls(frame, meta, drop_constant_codes, item_tokens)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -99,6 +115,16 @@ class IdentifierMap:
             return table[item_id]
         except KeyError:
             raise KeyError(f"item {item_id!r} has no identifier in the identifier map") from None
+
+    def item_token(self, item_id: str) -> str:
+        """The item's own input token (`train.item_tokens`)."""
+        if item_id not in self._sid:
+            raise KeyError(f"item {item_id!r} has no identifier in the identifier map")
+        return ITEM_TOKEN.format(item_id)
+
+    def all_item_tokens(self) -> list[str]:
+        """Every item token, in the map's item order; none when the map has no item tokens."""
+        return [ITEM_TOKEN.format(i) for i in self.item_ids] if self.item_tokens else []
 
     def sid_tokens(self, item_id: str) -> list[str]:
         return self.tokens_of(item_id, "sid")
@@ -178,12 +204,13 @@ def history_clicks(history: Sequence, twins: str = "rec") -> list[list]:
 
 
 def render_event(ev, ids: IdentifierMap, max_query_words: int = 16) -> str:
-    """One history entry: `<rec> CID` or `<query> words <click> SID`."""
+    """One history entry: `<rec> CID` or `<query> words <click> SID` (+ ` <item_X>` with item tokens)."""
     behavior, item_id, query = ev[0], ev[1], ev[2]
+    own = f" {ids.item_token(item_id)}" if ids.item_tokens else ""
     if behavior == "rec":
-        return f"{REC} {id_string(item_id, 'cid', ids)}"
+        return f"{REC} {id_string(item_id, 'cid', ids)}{own}"
     if behavior == "search":
-        return f"{QUERY} {clip_words(query or '', max_query_words)} {CLICK} {id_string(item_id, 'sid', ids)}"
+        return f"{QUERY} {clip_words(query or '', max_query_words)} {CLICK} {id_string(item_id, 'sid', ids)}{own}"
     raise ValueError(f"history event {tuple(ev)!r}: behavior must be 'rec' or 'search'")
 
 

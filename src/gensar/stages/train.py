@@ -23,19 +23,21 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
 
 from gensar.config import Params, load_params, to_dict
 from gensar.device import setup_torch
+from gensar.ids.sasrec import load_sasrec
 from gensar.io import atomic_path, file_hash, value_hash, write_json
 from gensar.logs import FORMAT, setup_logging
 from gensar.model import prompts
 from gensar.model.distill import cid_teacher
 from gensar.model.examples import ExampleBuilder, user_events, validation_requests
 from gensar.model.generate import GenSARModel
-from gensar.model.levels import LevelVocab, init_code_embeddings
+from gensar.model.levels import LevelVocab, init_code_embeddings, init_item_embeddings
 from gensar.model.prompts import IdentifierMap
 from gensar.model.t5 import build_model, load_model, resize_vocab, save_model
 from gensar.model.tokenizer import extend_tokenizer, load_tokenizer, train_tokenizer
@@ -59,9 +61,15 @@ def _code_version() -> str:
     return file_hash(*sorted(Path(gensar.model.__file__).parent.glob("*.py")))
 
 
+def sasrec_vectors(path: str | Path) -> dict[str, np.ndarray]:
+    """item id -> SASRec-CE's item embedding, from the collab stage's checkpoint."""
+    net, item_ids = load_sasrec(path)
+    return dict(zip(item_ids, net.item_embeddings()))
+
+
 def _tokenizer(params: Params, items, queries, idmap: IdentifierMap, init, ckpt: Path, main: bool):
     """Build (or reuse from the checkpoint dir) the tokenizer; rank 0 builds, others load."""
-    id_toks = idmap.tokens()
+    id_toks = idmap.tokens() + idmap.all_item_tokens()     # item tokens: train.item_tokens
     corpus = items["text"].astype(str).tolist() + queries["text"].astype(str).tolist()
     key = value_hash(corpus, id_toks, params.model.vocab_size, params.model.pretrained, str(init or ""))
     tok_dir, key_file = ckpt / "tokenizer", ckpt / "tokenizer.key"
@@ -104,7 +112,7 @@ def run(params: Params, canonical: str | Path, ids: str | Path,
             if not p.exists():
                 raise FileNotFoundError(f"{p}: canonical table '{n}' not found (run the validate stage)")
         items, inter, queries = (pd.read_parquet(tables[n]) for n in ("items", "interactions", "queries"))
-        idmap = IdentifierMap.load(ids, cfg.drop_constant_codes)
+        idmap = IdentifierMap.load(ids, cfg.drop_constant_codes, cfg.item_tokens != "none")
         if idmap.dropped:
             logger.info("identifiers: the constant final code is left out of the %s", " and ".join(idmap.dropped))
         data_version = file_hash(*tables.values(), ids / "identifiers.parquet", ids / "meta.json")
@@ -118,10 +126,12 @@ def run(params: Params, canonical: str | Path, ids: str | Path,
         tok = load_tokenizer(ckpt / "tokenizer")
         count = prompts.token_counter(lambda text: tok(text, add_special_tokens=False)["input_ids"])
         teach = None
-        if cfg.distill:
-            if not teacher or not Path(teacher).exists():
-                raise FileNotFoundError(f"train.distill = {cfg.distill}: the SASRec-CE teacher {teacher} was not "
+        for key, value, used in (("distill", cfg.distill, cfg.distill > 0),
+                                 ("item_tokens", cfg.item_tokens, cfg.item_tokens == "sasrec")):
+            if used and (not teacher or not Path(teacher).exists()):
+                raise FileNotFoundError(f"train.{key} = {value}: the SASRec-CE model {teacher} was not "
                                         "found (run the collab stage, pass --teacher models/sasrec/model.pt)")
+        if cfg.distill:
             teach = cid_teacher(str(teacher), tok, idmap, cfg.distill_temperature)
         builder = ExampleBuilder(events, items, idmap, cfg, count, teach)
 
@@ -140,7 +150,11 @@ def run(params: Params, canonical: str | Path, ids: str | Path,
                              for name, q in load_rqvae(ids / "rqvae.pt").quantizers()}
                 done = init_code_embeddings(model, LevelVocab(tok, idmap), codebooks, cfg.seed)
                 logger.info("model: identifier embeddings of %s start from the RQ-VAE codebooks", ", ".join(done))
-        teacher_version = file_hash(teacher) if cfg.distill else ""
+            if cfg.item_tokens == "sasrec":
+                n = init_item_embeddings(model, tok, idmap, sasrec_vectors(teacher), cfg.seed)
+                logger.info("model: %d of %d item-token embeddings start from SASRec-CE's item vectors", n, len(idmap))
+        uses_teacher = cfg.distill > 0 or cfg.item_tokens == "sasrec"
+        teacher_version = file_hash(teacher) if uses_teacher else ""
         fingerprint = value_hash(to_dict(params.model), to_dict(params.train), len(tok), data_version,
                                  str(init or ""), d.world, tok_key if d.main else "", _code_version(), teacher_version)
         if d.world > 1:  # rank 0 alone knows the tokenizer key; every rank needs the same fingerprint
@@ -197,7 +211,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--live", required=True)
     ap.add_argument("--init", default=None, help="warm start from this model directory")
     ap.add_argument("--checkpoints", default=None, help="default: <out>/checkpoints")
-    ap.add_argument("--teacher", default=None, help="SASRec-CE checkpoint (train.distill > 0)")
+    ap.add_argument("--teacher", default=None, help="SASRec-CE checkpoint (train.distill > 0, train.item_tokens: sasrec)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a params key, e.g. --set train.epochs=2 (value parsed as YAML)")
     args = ap.parse_args(argv)

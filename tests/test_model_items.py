@@ -1,0 +1,123 @@
+"""Item tokens (`train.item_tokens`): a history entry also shows the item's own input token, its
+embedding started from SASRec-CE's item vector; targets, the causal prefix rule, the export and the
+onnxruntime runtime all follow the identifier map's setting."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gensar.config import ModelConfig, load_params
+from gensar.ids.sasrec import load_sasrec
+from gensar.model import prompts
+from gensar.model.examples import Event, eval_requests, user_events
+from gensar.model.levels import init_item_embeddings
+from gensar.model.prompts import IdentifierMap
+from gensar.model.t5 import build_model
+from gensar.model.tokenizer import check_single_tokens, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def with_items(tiny_corpus):
+    """The tiny corpus' identifier map with item tokens, and a tokenizer that has them."""
+    frame = pd.read_parquet(tiny_corpus["ids_dir"] / "identifiers.parquet")
+    ids = IdentifierMap(frame, tiny_corpus["ids"].meta, item_tokens=True)
+    texts = tiny_corpus["items"]["text"].tolist() + tiny_corpus["queries"]["text"].tolist()
+    tok = train_tokenizer(texts, ids.tokens() + ids.all_item_tokens(), vocab_size=300)
+    return ids, tok
+
+
+def test_history_entries_show_the_item_token_after_the_identifier(tiny_corpus, with_items):
+    ids, tok = with_items
+    plain = tiny_corpus["ids"]
+    a, b = ids.item_ids[:2]
+    hist = [Event("rec", a, None, 0), Event("search", b, "desk lamp", 1)]
+    cid, sid = "".join(ids.cid_tokens(a)), "".join(ids.sid_tokens(b))
+    assert prompts.render_history(hist, ids, twins="rec") == \
+        f"<rec> {cid} <item_{a}> <query> desk lamp <click> {sid} <item_{b}>"
+    assert prompts.render_history(hist, plain) == f"<rec> {cid} <query> desk lamp <click> {sid}"   # off: as before
+    # targets stay identifiers; every item token is one token of the tokenizer, apart from the codes
+    assert prompts.id_target(a, "cid", ids) == prompts.id_target(a, "cid", plain) == cid
+    item_ids = check_single_tokens(tok, ids.all_item_tokens())
+    assert len(set(item_ids)) == len(ids) and not set(item_ids) & set(check_single_tokens(tok, ids.tokens()))
+    assert plain.all_item_tokens() == []
+    # the causal rule holds with them: the inference input of a history is the training sequence's prefix
+    clicks = prompts.history_clicks([Event("rec", i, None, s) for s, i in enumerate(ids.item_ids[:4])])
+    source, targets = prompts.rec_sequence(clicks, ids)
+    assert len(targets) == 4 and all("<item_" not in t for t in targets)
+    for k in range(1, 4):
+        prefix = prompts.rec_input([c[0] for c in clicks[:k]], ids, causal=True)
+        assert source.startswith(prefix) and prefix.count("<item_") == k
+    with pytest.raises(KeyError, match="no identifier"):
+        ids.item_token("no-such-item")
+
+
+def test_item_ids_that_cannot_be_tokens_are_refused(tiny_corpus):
+    frame = pd.read_parquet(tiny_corpus["ids_dir"] / "identifiers.parquet")
+    frame.loc[3, "item_id"] = "two words"
+    IdentifierMap(frame, tiny_corpus["ids"].meta)                          # fine without item tokens
+    with pytest.raises(ValueError, match="1 item ids cannot be item tokens.*two words"):
+        IdentifierMap(frame, tiny_corpus["ids"].meta, item_tokens=True)
+
+
+def test_item_embeddings_start_from_the_sasrec_vectors(with_items):
+    ids, tok = with_items
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(size="tiny", vocab_size=300), len(tok), tok.pad_token_id, tok.eos_token_id)
+    rng = np.random.default_rng(0)
+    vectors = {i: rng.standard_normal(16).astype(np.float32) for i in ids.item_ids[1:]}   # item 0: no vector
+    a, b, c = ids.item_ids[1:4]
+    vectors[b] = vectors[a] + 1e-3                                   # a and b nearly equal for SASRec-CE
+    before = model.get_input_embeddings().weight.detach().clone()
+    assert init_item_embeddings(model, tok, ids, vectors) == len(ids) - 1
+    w = model.get_input_embeddings().weight.detach()
+    row = dict(zip(ids.item_ids, check_single_tokens(tok, ids.all_item_tokens())))
+    assert torch.dist(w[row[a]], w[row[b]]) < 0.05 * torch.dist(w[row[a]], w[row[c]])
+    set_rows = [row[i] for i in ids.item_ids[1:]]
+    assert w[set_rows].std() == pytest.approx(float(before.std()), rel=0.05)
+    others = torch.ones(len(w), dtype=torch.bool)
+    others[set_rows] = False
+    assert torch.equal(w[others], before[others])                    # codes, text and item 0 untouched
+
+
+def test_stage_export_and_runtime_follow_the_item_tokens(tiny_corpus, teacher_path, tmp_path):
+    """`train.item_tokens: sasrec` end to end: the stage starts the rows from the teacher, needs it,
+    and the exported runtime renders item tokens as the PyTorch model does (same top items)."""
+    from gensar.model.generate import GenSARModel
+    from gensar.serve.runtime import Runtime
+    from gensar.stages.export import run as export
+    from gensar.stages.train import run as train
+
+    params = load_params(None, {"model.size": "tiny", "model.vocab_size": 200, "train.epochs": 1,
+                                "train.batch_size": 16, "train.eval_users": 2, "train.eval_beams": 4,
+                                "train.device": "cpu", "train.distill": 0.0, "train.item_tokens": "sasrec"})
+    args = (params, tiny_corpus["canonical"], tiny_corpus["ids_dir"], tmp_path / "t5", tmp_path / "m.json")
+    with pytest.raises(FileNotFoundError, match="item_tokens = sasrec"):
+        train(*args)
+    res = train(*args, teacher=teacher_path)
+    assert res["steps"] > 0 and np.isfinite(res["train/loss"])
+    gm = GenSARModel.load(tmp_path / "t5", beams=8)
+    assert gm.ids.item_tokens                # the saved training config says so; rows below are single tokens
+    # the item rows moved one epoch away from SASRec-CE's projected vectors: still its neighbourhoods
+    net, sas_items = load_sasrec(teacher_path)
+    vec = dict(zip(sas_items, net.item_embeddings()))
+    rows = gm.model.get_input_embeddings().weight.detach()[check_single_tokens(gm.tokenizer, gm.ids.all_item_tokens())]
+    sas = torch.as_tensor(np.stack([vec[i] for i in gm.ids.item_ids]))
+    cos = torch.nn.functional.cosine_similarity
+    sim_t5 = cos(rows[:, None], rows[None], dim=-1)
+    sim_sas = cos(sas[:, None], sas[None], dim=-1)
+    off = ~torch.eye(len(rows), dtype=torch.bool)
+    assert np.corrcoef(sim_t5[off].numpy(), sim_sas[off].numpy())[0, 1] > 0.5
+    # export + runtime: the same sources (with item tokens) and the same answers as PyTorch
+    export(params, model=tmp_path / "t5", ids=tiny_corpus["ids_dir"], canonical=tiny_corpus["canonical"],
+           out=tmp_path / "onnx")
+    rt = Runtime.load(tmp_path / "onnx", beams=8)
+    assert rt.ids.item_tokens
+    events = user_events(tiny_corpus["inter"], tiny_corpus["queries"])
+    reqs = [r for r in eval_requests(events, "test") if r.history][:6]
+    histories = [r.history for r in reqs]
+    assert all("<item_" in s for s in gm.sources("rec", histories))
+    got = rt.recommend_batch(histories, 5)
+    want = gm.recommend_batch(histories, 5)
+    assert [[h.item_id for h in g] for g in got] == [[w[0] for w in ws] for ws in want]
