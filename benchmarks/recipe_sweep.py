@@ -107,6 +107,10 @@ VARIANTS = {
     # past it are dropped (office: 1,682)
     "items-sasrec-t160": {"train.item_tokens": "sasrec", "train.max_input_tokens": 160},
     "items-random": {"train.item_tokens": "random"},
+    # train.history_codes false: a click shows its item token alone (2 tokens instead of 7): cheaper steps,
+    # room for longer histories
+    "items-only": {"train.item_tokens": "sasrec", "train.history_codes": False},
+    "items-only-h20": {"train.item_tokens": "sasrec", "train.history_codes": False, "train.history_len": 20},
     "rec-items-sasrec": {"train.tasks": REC_ONLY, "train.item_tokens": "sasrec"},
     # a deeper model: 4 + 4 layers at the tiny width (each step costs more on the CPU: equal minutes)
     "deep4": {"model.size": "custom", "model.num_layers": 4, "model.num_decoder_layers": 4},

@@ -53,6 +53,26 @@ def test_history_entries_show_the_item_token_after_the_identifier(tiny_corpus, w
         ids.item_token("no-such-item")
 
 
+def test_without_history_codes_the_item_token_stands_alone(tiny_corpus, with_items):
+    """`train.history_codes: false`: a click shows its behavior and its item token, not its identifier;
+    the causal prefix rule still holds and targets stay identifiers."""
+    frame = pd.read_parquet(tiny_corpus["ids_dir"] / "identifiers.parquet")
+    ids = IdentifierMap(frame, tiny_corpus["ids"].meta, item_tokens=True, history_codes=False)
+    tok = with_items[1]
+    a, b = ids.item_ids[:2]
+    hist = [Event("rec", a, None, 0), Event("search", b, "desk lamp", 1)]
+    assert prompts.render_history(hist, ids) == f"<rec> <item_{a}> <query> desk lamp <click> <item_{b}>"
+    long = prompts.render_history(hist, with_items[0])
+    assert len(tok(long)["input_ids"]) - len(tok(prompts.render_history(hist, ids))["input_ids"]) == 10   # 2 x 5 codes
+    clicks = prompts.history_clicks([Event("rec", i, None, s) for s, i in enumerate(ids.item_ids[:4])])
+    source, targets = prompts.rec_sequence(clicks, ids)
+    assert targets[1] == "".join(ids.cid_tokens(ids.item_ids[1])) and "<h0_" not in source
+    for k in range(1, 4):
+        assert source.startswith(prompts.rec_input([c[0] for c in clicks[:k]], ids, causal=True))
+    with pytest.raises(ValueError, match="history_codes false needs train.item_tokens"):
+        IdentifierMap(frame, tiny_corpus["ids"].meta, history_codes=False)
+
+
 def test_item_ids_that_cannot_be_tokens_are_refused(tiny_corpus):
     frame = pd.read_parquet(tiny_corpus["ids_dir"] / "identifiers.parquet")
     frame.loc[3, "item_id"] = "two words"
@@ -81,9 +101,11 @@ def test_item_embeddings_start_from_the_sasrec_vectors(with_items):
     assert torch.equal(w[others], before[others])                    # codes, text and item 0 untouched
 
 
-def test_stage_export_and_runtime_follow_the_item_tokens(tiny_corpus, teacher_path, tmp_path):
+@pytest.mark.parametrize("history_codes", [True, False])
+def test_stage_export_and_runtime_follow_the_item_tokens(tiny_corpus, teacher_path, tmp_path, history_codes):
     """`train.item_tokens: sasrec` end to end: the stage starts the rows from the teacher, needs it,
-    and the exported runtime renders item tokens as the PyTorch model does (same top items)."""
+    and the exported runtime renders item tokens (with or without the history's codes,
+    `train.history_codes`) as the PyTorch model does (same top items)."""
     from gensar.model.generate import GenSARModel
     from gensar.serve.runtime import Runtime
     from gensar.stages.export import run as export
@@ -91,14 +113,15 @@ def test_stage_export_and_runtime_follow_the_item_tokens(tiny_corpus, teacher_pa
 
     params = load_params(None, {"model.size": "tiny", "model.vocab_size": 200, "train.epochs": 1,
                                 "train.batch_size": 16, "train.eval_users": 2, "train.eval_beams": 4,
-                                "train.device": "cpu", "train.distill": 0.0, "train.item_tokens": "sasrec"})
+                                "train.device": "cpu", "train.distill": 0.0, "train.item_tokens": "sasrec",
+                                "train.history_codes": history_codes})
     args = (params, tiny_corpus["canonical"], tiny_corpus["ids_dir"], tmp_path / "t5", tmp_path / "m.json")
     with pytest.raises(FileNotFoundError, match="item_tokens = sasrec"):
         train(*args)
     res = train(*args, teacher=teacher_path)
     assert res["steps"] > 0 and np.isfinite(res["train/loss"])
     gm = GenSARModel.load(tmp_path / "t5", beams=8)
-    assert gm.ids.item_tokens                # the saved training config says so; rows below are single tokens
+    assert gm.ids.item_tokens and gm.ids.history_codes == history_codes   # the saved training config says so
     # the item rows moved one epoch away from SASRec-CE's projected vectors: still its neighbourhoods
     net, sas_items = load_sasrec(teacher_path)
     vec = dict(zip(sas_items, net.item_embeddings()))
@@ -113,11 +136,12 @@ def test_stage_export_and_runtime_follow_the_item_tokens(tiny_corpus, teacher_pa
     export(params, model=tmp_path / "t5", ids=tiny_corpus["ids_dir"], canonical=tiny_corpus["canonical"],
            out=tmp_path / "onnx")
     rt = Runtime.load(tmp_path / "onnx", beams=8)
-    assert rt.ids.item_tokens
+    assert rt.ids.item_tokens and rt.ids.history_codes == history_codes
     events = user_events(tiny_corpus["inter"], tiny_corpus["queries"])
     reqs = [r for r in eval_requests(events, "test") if r.history][:6]
     histories = [r.history for r in reqs]
-    assert all("<item_" in s for s in gm.sources("rec", histories))
+    sources = gm.sources("rec", histories)
+    assert all("<item_" in s and ("<h0_" in s) == history_codes for s in sources)
     got = rt.recommend_batch(histories, 5)
     want = gm.recommend_batch(histories, 5)
     assert [[h.item_id for h in g] for g in got] == [[w[0] for w in ws] for ws in want]

@@ -157,6 +157,8 @@ class TrainConfig:
     drop_constant_codes: bool = False  # leave out a final disambiguation code that is 0 for every item
     item_tokens: Literal["none", "random", "sasrec"] = "none"   # history entries also show the item's own
                                   # token; its embedding starts random, or from SASRec-CE's item vector
+    history_codes: bool = True    # history entries show the item's identifier; false (needs item_tokens):
+                                  # the item token alone, a third of the tokens per click
     causal: bool = True           # causal encoder: a rec example trains every click of a history in one pass
     label_smoothing: float = 0.0
     distill: float = 0.0          # weight of SASRec-CE's code distributions in the rec CID loss (gensar.model.distill)

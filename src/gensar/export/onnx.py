@@ -474,7 +474,7 @@ def write_export(model, tokenizer, ids_dir: str | Path, items, out_dir: str | Pa
     from gensar.model.prompts import IdentifierMap
 
     ids = IdentifierMap.load(ids_dir, bool(generation.get("drop_constant_codes", False)),
-                             bool(generation.get("item_tokens", False)))
+                             bool(generation.get("item_tokens", False)), bool(generation.get("history_codes", True)))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     causal = bool(generation.get("causal", False))

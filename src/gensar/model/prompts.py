@@ -11,7 +11,11 @@ id string is accepted and read as a recommendation click (lossy: prefer full eve
 
 With an identifier map that has item tokens (`train.item_tokens`), a history entry also shows the
 item's own token after its identifier (`... <d4_0> <item_B0001>`): one free embedding per item on the
-input side, where the codes are shared by many items; targets stay identifiers.
+input side, where the codes are shared by many items; targets stay identifiers. Without the history's
+codes (`train.history_codes: false`) the item token stands alone, a third of the tokens per click:
+
+    recommendation click   ->  <rec> <item_B0001>
+    search session         ->  <query> desk lamp <click> <item_B0001>
 
 An input longer than `train.max_input_tokens` loses its OLDEST clicks, never its end (the query, the
 final `<rec>`): given a token counter (`token_counter`), the input functions leave out the oldest
@@ -60,11 +64,12 @@ class IdentifierMap:
     `drop_constant_codes` (`train.drop_constant_codes`): a final disambiguation code that is 0 for
     every item of a space (Sinkhorn left no collision) is left out of that space's identifiers.
     `item_tokens` (`train.item_tokens` other than `none`): history entries also show each item's own
-    token `<item_{item_id}>` (`item_token`), an input-only token that targets never use.
+    token `<item_{item_id}>` (`item_token`), an input-only token that targets never use;
+    `history_codes` (`train.history_codes`) false: they show it instead of the item's identifier.
     """
 
     def __init__(self, frame: pd.DataFrame, meta: dict, drop_constant_codes: bool = False,
-                 item_tokens: bool = False):
+                 item_tokens: bool = False, history_codes: bool = True):
         for col in ("item_id", "sid", "cid"):
             if col not in frame.columns:
                 raise ValueError(f"identifier map: column '{col}' missing (have {list(frame.columns)})")
@@ -89,7 +94,10 @@ class IdentifierMap:
         self._cid = {i: id_tokens(c, self.cid_kinds) for i, c in zip(self.item_ids, cid)}
         if len(self._sid) != len(self.item_ids):
             raise ValueError("identifier map: item_id is not unique")
-        self.item_tokens = bool(item_tokens)
+        self.item_tokens, self.history_codes = bool(item_tokens), bool(history_codes)
+        if not (self.history_codes or self.item_tokens):
+            raise ValueError("identifier map: train.history_codes false needs train.item_tokens random or sasrec "
+                             "(a history entry would show nothing of its item)")
         if self.item_tokens:
             bad = [i for i in self.item_ids if not ITEM_ID_OK.fullmatch(i)]
             if bad:
@@ -97,11 +105,12 @@ class IdentifierMap:
                                  f"ids without whitespace or '<>'), e.g. {bad[:3]}")
 
     @classmethod
-    def load(cls, ids_dir: str | Path, drop_constant_codes: bool = False, item_tokens: bool = False) -> IdentifierMap:
+    def load(cls, ids_dir: str | Path, drop_constant_codes: bool = False, item_tokens: bool = False,
+             history_codes: bool = True) -> IdentifierMap:
         ids_dir = Path(ids_dir)
         frame = pd.read_parquet(ids_dir / "identifiers.parquet")
         meta = json.loads((ids_dir / "meta.json").read_text())
-        return cls(frame, meta, drop_constant_codes, item_tokens)
+        return cls(frame, meta, drop_constant_codes, item_tokens, history_codes)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -204,14 +213,16 @@ def history_clicks(history: Sequence, twins: str = "rec") -> list[list]:
 
 
 def render_event(ev, ids: IdentifierMap, max_query_words: int = 16) -> str:
-    """One history entry: `<rec> CID` or `<query> words <click> SID` (+ ` <item_X>` with item tokens)."""
+    """One history entry: `<rec> CID` or `<query> words <click> SID` (+ ` <item_X>` with item tokens;
+    `<item_X>` in place of the identifier without the history's codes)."""
     behavior, item_id, query = ev[0], ev[1], ev[2]
-    own = f" {ids.item_token(item_id)}" if ids.item_tokens else ""
+    if behavior not in ("rec", "search"):
+        raise ValueError(f"history event {tuple(ev)!r}: behavior must be 'rec' or 'search'")
+    shown = [id_string(item_id, "cid" if behavior == "rec" else "sid", ids)] if ids.history_codes else []
+    shown += [ids.item_token(item_id)] if ids.item_tokens else []
     if behavior == "rec":
-        return f"{REC} {id_string(item_id, 'cid', ids)}{own}"
-    if behavior == "search":
-        return f"{QUERY} {clip_words(query or '', max_query_words)} {CLICK} {id_string(item_id, 'sid', ids)}{own}"
-    raise ValueError(f"history event {tuple(ev)!r}: behavior must be 'rec' or 'search'")
+        return f"{REC} {' '.join(shown)}"
+    return f"{QUERY} {clip_words(query or '', max_query_words)} {CLICK} {' '.join(shown)}"
 
 
 def token_counter(encode: Callable[[str], Sequence[int]]) -> Callable[[str], int]:

@@ -98,7 +98,7 @@ class Runtime:
                           "max_tokens": self.max_input_tokens, "count": count}
         self.pad_id = int(gen.get("pad_token_id", self.tokenizer.pad_token_id))
         self.ids = IdentifierMap.load(export_dir / "ids", bool(gen.get("drop_constant_codes", False)),
-                                      bool(gen.get("item_tokens", False)))
+                                      bool(gen.get("item_tokens", False)), bool(gen.get("history_codes", True)))
         import pandas as pd
 
         titles = pd.read_parquet(export_dir / "items.parquet", columns=["item_id", "title"])

@@ -48,6 +48,7 @@ def run(params: Params, model: str | Path, ids: str | Path,
         "history_twins": str(train.get("history_twins", params.train.history_twins)),
         "drop_constant_codes": bool(train.get("drop_constant_codes", False)),
         "item_tokens": str(train.get("item_tokens", "none")) != "none",   # history entries show item tokens
+        "history_codes": bool(train.get("history_codes", True)),          # ... and identifiers
         "causal": bool(train.get("causal", False)),    # causal encoder: inputs without EOS, a causal encoder graph
         # the scores the model was trained to give (the runtime's normalize=auto)
         "normalize": "level" if train.get("id_loss", params.train.id_loss) == "level" else "full",
