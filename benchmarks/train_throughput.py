@@ -13,7 +13,10 @@ same examples after one warm-up step with the recipe's loss (`gensar.model.level
 
 Recipes: `today` = the recipe before issue 14 (3 clicks with both twins, whole-vocabulary loss),
 `params` = `train` of params.yaml, `causal` = the same with `train.causal` (a rec example is a stretch of
-clicks with a target after each: `targets_per_s` counts those, `examples_per_s` the examples). Printed side by side: input tokens, real-token share of the
+clicks with a target after each: `targets_per_s` counts those, `examples_per_s` the examples), `items` =
+params.yaml with item tokens after each history identifier (`train.item_tokens: sasrec`, 160 input tokens;
+random rows here: the speed does not depend on them), `items-only` = item tokens in place of the history's
+identifiers (`train.history_codes: false`); both with the tokenizer and embedding rows they need. Printed side by side: input tokens, real-token share of the
 padded inputs, examples/s, seconds per step, the speed-up against the first row of the same size;
 plus the latency of one constrained beam-search request (beam 20, batch 1). `--json` writes it too.
 """
@@ -117,19 +120,29 @@ def main(argv=None) -> None:
     items = pd.read_parquet(f"{args.canonical}/items.parquet")
     inter = pd.read_parquet(f"{args.canonical}/interactions.parquet")
     queries = pd.read_parquet(f"{args.canonical}/queries.parquet")
-    ids = IdentifierMap.load(args.ids)
     events = user_events(inter, queries)
-    tok = train_tokenizer(items["text"].tolist() + queries["text"].tolist(), ids.tokens(), 8000)
+    texts = items["text"].tolist() + queries["text"].tolist()
     requests = eval_requests(events, "valid", sorted(events)[:20])
     requests = [r for r in requests if r.behavior == "rec"]
     params_train = load_params(args.params).train
     recipes = {"today": TrainConfig(**{**vars(params_train), **TODAY}), "params": params_train,
-               "causal": TrainConfig(**{**vars(params_train), "causal": True})}
+               "causal": TrainConfig(**{**vars(params_train), "causal": True}),
+               "items": TrainConfig(**{**vars(params_train), "item_tokens": "sasrec", "max_input_tokens": 160}),
+               "items-only": TrainConfig(**{**vars(params_train), "item_tokens": "sasrec", "history_codes": False})}
+    unknown = set(args.recipes.split(",")) - set(recipes)
+    if unknown:
+        ap.error(f"unknown recipe(s) {sorted(unknown)} (known: {', '.join(recipes)})")
+    vocab = {}   # (item tokens?, history codes?) -> (identifier map, tokenizer)
     rows = []
     for size in args.sizes:
         first = None
         for recipe in args.recipes.split(","):
             cfg = recipes[recipe]
+            key = (cfg.item_tokens != "none", cfg.history_codes)
+            if key not in vocab:
+                ids = IdentifierMap.load(args.ids, cfg.drop_constant_codes, *key)
+                vocab[key] = ids, train_tokenizer(texts, ids.tokens() + ids.all_item_tokens(), 8000)
+            ids, tok = vocab[key]
             builder = ExampleBuilder(events, items, ids, cfg)
             base = bench(size, recipe, tok, builder, cfg, ids, requests, args.batch, args.steps, device)
             buck = bench(size, recipe, tok, builder, cfg, ids, requests, args.batch, args.steps, device,
