@@ -66,7 +66,7 @@ def run_one(args) -> None:
     model, tok, _ = load_model(out / "t5", device)
     last = torch.load(out / "t5/checkpoints/last.pt", map_location=device, weights_only=False)
     model.load_state_dict(last["model"])
-    idmap = IdentifierMap.load(work / "ids/gensar", params.train.drop_constant_codes, params.train.item_tokens != "none")
+    idmap = IdentifierMap.for_training(work / "ids/gensar", params.train)
     tables = work / "prepared/canonical"
     events = user_events(pd.read_parquet(tables / "interactions.parquet"), pd.read_parquet(tables / "queries.parquet"))
     requests = validation_requests(events, args.users, 0, validated_behaviors(params.train.tasks))

@@ -140,7 +140,7 @@ def main(argv=None) -> None:
             cfg = recipes[recipe]
             key = (cfg.item_tokens != "none", cfg.history_codes)
             if key not in vocab:
-                ids = IdentifierMap.load(args.ids, cfg.drop_constant_codes, *key)
+                ids = IdentifierMap.for_training(args.ids, cfg)
                 vocab[key] = ids, train_tokenizer(texts, ids.tokens() + ids.all_item_tokens(), 8000)
             ids, tok = vocab[key]
             builder = ExampleBuilder(events, items, ids, cfg)

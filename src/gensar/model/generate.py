@@ -72,8 +72,7 @@ class GenSARModel:
         known = {f.name for f in dataclasses.fields(TrainConfig)}   # tolerate fields added/removed later
         saved = {k: v for k, v in (meta.get("train") or {}).items() if k in known}
         cfg = from_dict(TrainConfig, saved, "train")
-        ids = IdentifierMap.load(ids_dir or f"{model_dir}/ids", cfg.drop_constant_codes, cfg.item_tokens != "none",
-                                 cfg.history_codes)
+        ids = IdentifierMap.for_training(ids_dir or f"{model_dir}/ids", cfg)
         return cls(model, tokenizer, ids, cfg, beams, device)
 
     # ----------------------------------------------------------------------------------------

@@ -112,6 +112,12 @@ class IdentifierMap:
         meta = json.loads((ids_dir / "meta.json").read_text())
         return cls(frame, meta, drop_constant_codes, item_tokens, history_codes)
 
+    @classmethod
+    def for_training(cls, ids_dir: str | Path, train) -> IdentifierMap:
+        """The map as a model trained with `train` (a `TrainConfig`) renders it: THE translation of the
+        train.* keys that change rendering (the export writes the same into its `generation` block)."""
+        return cls.load(ids_dir, train.drop_constant_codes, train.item_tokens != "none", train.history_codes)
+
     def __len__(self) -> int:
         return len(self.item_ids)
 

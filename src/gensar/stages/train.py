@@ -112,7 +112,7 @@ def run(params: Params, canonical: str | Path, ids: str | Path,
             if not p.exists():
                 raise FileNotFoundError(f"{p}: canonical table '{n}' not found (run the validate stage)")
         items, inter, queries = (pd.read_parquet(tables[n]) for n in ("items", "interactions", "queries"))
-        idmap = IdentifierMap.load(ids, cfg.drop_constant_codes, cfg.item_tokens != "none", cfg.history_codes)
+        idmap = IdentifierMap.for_training(ids, cfg)
         if idmap.dropped:
             logger.info("identifiers: the constant final code is left out of the %s", " and ".join(idmap.dropped))
         data_version = file_hash(*tables.values(), ids / "identifiers.parquet", ids / "meta.json")
