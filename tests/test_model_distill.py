@@ -44,8 +44,8 @@ def test_each_rec_target_carries_the_teacher_rows_of_its_whole_history(tiny_corp
     builder = ExampleBuilder({user: events[user]}, tiny_corpus["items"], ids, cfg, teacher=teacher)
     clicks = [c[0][1] for c in prompts.history_clicks([e for e in events[user] if e.split == "train"], "rec")]
     assert len(clicks) >= 3 and len(builder.pools["rec"]) == len(clicks)
-    for a, (chunk, n_context, soft) in enumerate(builder.pools["rec"]):
-        assert len(soft) == 1                                 # history_len 1: one target per chunk, clicks[a]
+    for a, (chunk, n_context, soft, paths) in enumerate(builder.pools["rec"]):
+        assert len(soft) == 1 and paths is None   # train.distill_paths 0                                 # history_len 1: one target per chunk, clicks[a]
         expected = teacher.level_targets([clicks[:a]], [clicks[a]])     # its whole history, not the chunk's
         np.testing.assert_array_equal(soft, expected)
     # the rows travel with the example into the collated batch, at its identifier positions
@@ -54,6 +54,63 @@ def test_each_rec_target_carries_the_teacher_rows_of_its_whole_history(tiny_corp
     batch = Collate(tok.pad_token_id, causal=True)([data[2]])
     depth = len(ids.cid_kinds)
     np.testing.assert_allclose(batch["soft"][0, :depth].numpy(), builder.pools["rec"][2][2][0].astype(np.float32))
+
+
+def test_drawn_paths_are_other_items_with_the_teachers_rows_along_their_own_codes(tiny_corpus, teacher_path):
+    tok, ids = tiny_corpus["tok"], tiny_corpus["ids"]
+    teacher = cid_teacher(str(teacher_path), tok, ids)
+    hist = ids.item_ids[3:6]
+    targets = ids.item_ids[:8]
+    soft, drawn = teacher.teach([hist] * len(targets), targets, paths=3, seed=1)
+    depth, codes = len(ids.cid_kinds), teacher.codes.numpy()
+    assert soft.shape == (len(targets), 4, depth, teacher.width) and len(drawn) == len(targets)
+    np.testing.assert_array_equal(soft[:, 0], teacher.level_targets([hist] * len(targets), targets))
+    p = teacher.probs([hist])[0].numpy()
+    row = {item: i for i, item in enumerate(ids.item_ids)}
+    for i, (target, items) in enumerate(zip(targets, drawn)):
+        assert len(set(items)) == 3 and target not in items           # other items, without replacement
+        for k, item in enumerate(items, start=1):                     # the rows of the drawn item's own path
+            j = row[item]
+            chain = np.prod([float(soft[i, k, t, codes[j, t]]) for t in range(depth)])
+            assert chain == pytest.approx(p[j], rel=2e-2, abs=1e-5)
+    # seeded: the same draw again, another seed another draw
+    assert teacher.teach([hist] * len(targets), targets, paths=3, seed=1)[1] == drawn
+    assert teacher.teach([hist] * len(targets), targets, paths=3, seed=2)[1] != drawn
+    # the teacher's likely items are drawn more often than its unlikely ones
+    many = teacher.teach([hist] * 400, [targets[0]] * 400, paths=1, seed=0)[1]
+    counts = np.bincount([row[x[0]] for x in many], minlength=len(ids))
+    likely, unlikely = np.argsort(-p)[:3], np.argsort(p)[:len(ids) // 2]
+    assert counts[[j for j in likely if ids.item_ids[j] != targets[0]]].mean() > counts[unlikely].mean()
+
+
+def test_drawn_paths_travel_as_extra_blocks_that_read_what_their_target_reads(tiny_corpus, teacher_path):
+    tok, ids = tiny_corpus["tok"], tiny_corpus["ids"]
+    teacher = cid_teacher(str(teacher_path), tok, ids)
+    events = user_events(tiny_corpus["inter"], tiny_corpus["queries"])
+    user = max(events, key=lambda u: sum(e.split == "train" for e in events[u]))
+    base = dataclasses.replace(load_params(None).train, history_len=3, causal=True)
+    plain = ExampleBuilder({user: events[user]}, tiny_corpus["items"], ids, base, teacher=teacher)
+    drawn = ExampleBuilder({user: events[user]}, tiny_corpus["items"], ids,
+                           dataclasses.replace(base, distill_paths=2), teacher=teacher)
+    one = [e for e in plain.epoch(0) if e.task == "rec"]
+    two = [e for e in drawn.epoch(0) if e.task == "rec"]
+    a = tokenize_epoch(tok, one, 128, 40, causal=True)
+    b = tokenize_epoch(tok, two, 128, 40, causal=True)
+    assert [s for s, _ in a] == [s for s, _ in b]                      # the same sources
+    for (_, blocks), (_, more), example in zip(a, b, two):
+        assert len(more) == 3 * len(blocks)
+        for j, (codes, visible, soft) in enumerate(blocks):
+            assert more[3 * j][0] == codes and more[3 * j][1] == visible   # the target first, as without paths
+            np.testing.assert_array_equal(more[3 * j][2], soft)
+            for k in (1, 2):
+                extra_codes, extra_visible, rows = more[3 * j + k]
+                item = example.paths[0][j][k - 1]
+                assert extra_visible == visible and extra_codes != codes
+                assert extra_codes == tok(item, add_special_tokens=False).input_ids
+                np.testing.assert_array_equal(rows, example.paths[1][j][k - 1])
+    batch = Collate(tok.pad_token_id, causal=True)([b[0]])
+    depth = len(ids.cid_kinds)
+    np.testing.assert_allclose(batch["soft"][0, depth:2 * depth].numpy(), b[0][1][1][2].astype(np.float32))
 
 
 def test_distill_loss_mixes_the_click_and_the_teacher(tiny_corpus):
@@ -95,8 +152,16 @@ def test_stage_trains_with_a_teacher_and_says_when_it_is_missing(tiny_corpus, te
     with pytest.raises(FileNotFoundError, match="teacher"):
         run(*args)
     res = run(*args, teacher=teacher_path)
+    no_teacher = dataclasses.replace(params, train=dataclasses.replace(params.train, distill=0.0, distill_paths=1))
+    with pytest.raises(ValueError, match="distill_paths = 1 needs train.distill"):
+        run(no_teacher, *args[1:], teacher=teacher_path)
     assert res["steps"] > 0 and np.isfinite(res["train/loss"])
     # the same run without the teacher: the same steps, another loss
     plain = dataclasses.replace(params, train=dataclasses.replace(params.train, distill=0.0))
     base = run(plain, *args[1:3], tmp_path / "plain", tmp_path / "p.json", None)
     assert base["steps"] == res["steps"] and base["train/loss"] != pytest.approx(res["train/loss"], rel=1e-3)
+    # drawn paths: the same steps (they ride in the rec sequences' decoder rows), another loss
+    drawn = dataclasses.replace(params, train=dataclasses.replace(params.train, distill_paths=1))
+    more = run(drawn, *args[1:3], tmp_path / "drawn", tmp_path / "d.json", None, teacher=teacher_path)
+    assert more["steps"] == res["steps"] and np.isfinite(more["train/loss"])
+    assert more["train/loss"] != pytest.approx(res["train/loss"], rel=1e-3)

@@ -163,6 +163,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     distill: float = 0.0          # weight of SASRec-CE's code distributions in the rec CID loss (gensar.model.distill)
     distill_temperature: float = 1.0
+    distill_paths: int = 0        # with distill: per rec target, this many items drawn from the teacher whose
+                                  # paths also learn its code distributions (gensar.model.distill)
     lr: float = 2e-3
     schedule: str = "constant"    # constant | inverse_sqrt (after warmup) | cosine (to 0 at the last epoch)
     cooldown: float = 0.0         # constant / inverse_sqrt: the last share of training (of max_minutes when

@@ -15,6 +15,17 @@ learns the teacher's distribution over that level's codes, not the clicked code 
 Decoding q_0 ... q_{d-1} through the trie multiplies back to p(item): a student that matched every q_t
 would rank items as the teacher does. The soft targets are computed once, before training
 (`ExampleBuilder`), in code order of each level (the `LevelVocab` local index).
+
+Teacher forcing only ever shows the student the clicked item's path, yet beam search ranks items by
+the student's codes under *other* prefixes too, which nothing trains (on office the items the T5
+puts above the target win mostly on levels below a wrong first code). With `train.distill_paths` = P
+each rec target also gets P paths of items drawn from the teacher, the clicked item left out:
+
+    item_k ~ p(item | clicks before) with p(target) set to 0, without replacement
+    q_t along item_k's path as above (prefix = item_k's codes before t)
+
+and the student learns the teacher's code distributions on them (extra decoder blocks of the same
+target, `gensar.model.train.Collate`): its scores of the competitors the beam meets follow the teacher.
 """
 from __future__ import annotations
 
@@ -42,6 +53,7 @@ class LevelTeacher:
         if temperature <= 0:
             raise ValueError(f"train.distill_temperature must be > 0, got {temperature}")
         self.ranker = SASRecRanker(item_ids, sasrec_path, batch_size=batch_size)   # scores in our item order
+        self.item_ids = list(item_ids)
         self.codes = torch.as_tensor(np.asarray(codes, dtype=np.int64))     # [N, depth]
         self.width, self.temperature, self.batch_size = width, temperature, batch_size
         # prefix[t][i]: the group of item i's first t codes (prefix[0] = one group of every item)
@@ -60,16 +72,41 @@ class LevelTeacher:
     def level_targets(self, histories: Sequence[Sequence[str]], targets: Sequence[str], show: bool = False
                       ) -> np.ndarray:
         """[n, depth, width] float16: q_t over level t's codes given the target's true codes before t."""
+        return self.teach(histories, targets, 0, show=show)[0][:, 0]
+
+    @torch.no_grad()
+    def teach(self, histories: Sequence[Sequence[str]], targets: Sequence[str], paths: int = 0, seed: int = 0,
+              show: bool = False) -> tuple[np.ndarray, list[list[str]]]:
+        """The rows of each target and of `paths` items drawn from the teacher besides it.
+
+        Returns (soft [n, 1 + paths, depth, width] float16: [:, 0] the target's path, [:, k] the k-th
+        drawn item's; drawn [n][paths]: those items' ids). An item is drawn from p(item | history) with
+        the target left out, without replacement, by a generator seeded with `seed`."""
         depth = self.codes.shape[1]
-        out = np.zeros((len(targets), depth, self.width), dtype=np.float16)
+        out = np.zeros((len(targets), 1 + paths, depth, self.width), dtype=np.float16)
+        drawn: list[list[str]] = []
+        gen = torch.Generator().manual_seed(seed)
         for s in progress(range(0, len(targets), self.batch_size), desc="teacher", disable=not show):
             p = self.probs(histories[s:s + self.batch_size])                        # [b, N]
             tgt = torch.as_tensor([self.ranker.index[t] for t in targets[s:s + self.batch_size]])
-            for t in range(depth):
-                under = self.prefix[t][None, :] == self.prefix[t][tgt][:, None]     # [b, N] items under the prefix
-                q = torch.zeros(len(tgt), self.width).index_add_(1, self.codes[:, t], p * under)   # [b, width]
-                out[s:s + len(tgt), t] = (q / q.sum(1, keepdim=True).clamp(min=1e-12)).numpy()
-        return out
+            rows = [tgt]
+            if paths:
+                others = p.clamp(min=1e-30).scatter(1, tgt[:, None], 0.0)          # the target left out
+                picks = torch.multinomial(others, paths, generator=gen)             # [b, paths]
+                rows += list(picks.T)
+                drawn += [[self.item_ids[j] for j in row] for row in picks.tolist()]
+            for k, items in enumerate(rows):
+                out[s:s + len(tgt), k] = self._path_rows(p, items).numpy()
+        return out, drawn
+
+    def _path_rows(self, p: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[b, depth, width]: q_t along the path of item `items[i]` under p[i] ([b, N])."""
+        rows = torch.zeros(len(items), self.codes.shape[1], self.width)
+        for t in range(self.codes.shape[1]):
+            under = self.prefix[t][None, :] == self.prefix[t][items][:, None]           # [b, N] items under the prefix
+            q = torch.zeros(len(items), self.width).index_add_(1, self.codes[:, t], p * under)   # [b, width]
+            rows[:, t] = q / q.sum(1, keepdim=True).clamp(min=1e-12)
+        return rows
 
 
 def cid_teacher(sasrec_path: str, tokenizer, ids, temperature: float = 1.0) -> LevelTeacher:

@@ -62,6 +62,8 @@ class Example:
                                          # identifier after each `<rec>` of the source (None: no target)
     soft: np.ndarray | None = field(default=None, compare=False)   # rec sequence with `train.distill`:
                                          # [targets that are not None, depth, width] teacher code distributions
+    paths: tuple | None = field(default=None, compare=False)   # with `train.distill_paths` P: (CID strings
+                                         # [targets][P] of items drawn from the teacher, rows [targets, P, depth, width])
 
 
 @dataclass(frozen=True)
@@ -142,12 +144,20 @@ class ExampleBuilder:
                     self.pools["query"].append((hist, e))
                     self.pools["adhoc"].append((None, e))
         if teach:
-            soft = teacher.level_targets([h for h, _ in teach], [t for _, t in teach], show=True)
-            logger.info("examples: teacher code distributions of %d rec targets (%.0f MB)", len(soft), soft.nbytes / 2**20)
+            if cfg.distill_paths < 0:
+                raise ValueError(f"train.distill_paths must be >= 0, got {cfg.distill_paths}")
+            soft, drawn = teacher.teach([h for h, _ in teach], [t for _, t in teach], cfg.distill_paths, cfg.seed,
+                                        show=True)
+            logger.info("examples: teacher code distributions of %d rec targets, %d drawn paths each (%.0f MB)",
+                        len(soft), cfg.distill_paths, soft.nbytes / 2**20)
             at, pool = 0, []
             for chunk, n_context in self.pools["rec"]:
                 n = len(prompts.rec_targets(chunk, n_context))
-                pool.append((chunk, n_context, soft[at:at + n]))
+                paths = None
+                if cfg.distill_paths:      # (identifier strings [n][P], their rows [n, P, depth, width])
+                    paths = ([tuple(prompts.id_string(i, "cid", ids) for i in row) for row in drawn[at:at + n]],
+                             soft[at:at + n, 1:])
+                pool.append((chunk, n_context, soft[at:at + n, 0], paths))
                 at += n
             self.pools["rec"] = pool
         texts = dict(zip(items["item_id"].astype(str), items["text"].astype(str)))
@@ -186,9 +196,9 @@ class ExampleBuilder:
         kw = {"history_len": c.history_len, "max_query_words": c.max_query_tokens, "template": None, "rng": rng,
               "twins": c.history_twins, "causal": c.causal, "max_tokens": c.max_input_tokens, "count": self.count}
         if task == "rec" and c.causal:
-            clicks, n_context = payload[:2]
+            clicks, n_context, soft, paths = (*payload, None, None)[:4]
             source, targets = prompts.rec_sequence(clicks, ids, n_context, c.max_query_tokens)
-            return [Example(task, source, targets, payload[2] if len(payload) > 2 else None)]
+            return [Example(task, source, targets, soft, paths)]
         if task == "rec":
             hist, e = payload
             return [Example(task, prompts.rec_input(hist, ids, **kw), prompts.id_target(e.item_id, "cid", ids))]

@@ -238,14 +238,16 @@ def tokenize_epoch(tokenizer, examples: list[Example], max_input: int, max_targe
     """(source ids, [(target ids, visible source tokens, soft targets or None)]) of every example,
     truncated like the inference path's tokenizer call. With `causal` sources carry no EOS (a causal
     input ends where its request does); a rec sequence's k-th target sits after the k-th `<rec>` of
-    its source (with the example's k-th teacher rows, `Example.soft`), and targets cut off by the
+    its source (with the example's k-th teacher rows, `Example.soft`), followed by the blocks of the
+    items the teacher drew for it (`Example.paths`, `train.distill_paths`), and targets cut off by the
     truncation are dropped."""
     src = tokenizer([e.source for e in examples], truncation=True, max_length=max_input,
                     add_special_tokens=not causal).input_ids
     plain = [i for i, e in enumerate(examples) if isinstance(e.target, str)]
     tgt = dict(zip(plain, tokenizer([examples[i].target for i in plain], truncation=True,
                                     max_length=max_target).input_ids)) if plain else {}
-    seq_ids = sorted({t for e in examples if not isinstance(e.target, str) for t in e.target if t is not None})
+    seq_ids = sorted({t for e in examples if not isinstance(e.target, str) for t in e.target if t is not None}
+                     | {x for e in examples if e.paths is not None for row in e.paths[0] for x in row})
     codes = dict(zip(seq_ids, tokenizer(seq_ids, add_special_tokens=False).input_ids)) if seq_ids else {}
     rec = tokenizer.convert_tokens_to_ids(REC)
     out, cut = [], 0
@@ -255,7 +257,11 @@ def tokenize_epoch(tokenizer, examples: list[Example], max_input: int, max_targe
             continue
         marks = [p for p, t in enumerate(s) if t == rec]
         kept = [(p, t) for p, t in zip(marks, e.target) if t is not None]
-        blocks = [(codes[t], p + 1, None if e.soft is None else e.soft[j]) for j, (p, t) in enumerate(kept)]
+        blocks = []
+        for j, (p, t) in enumerate(kept):
+            blocks.append((codes[t], p + 1, None if e.soft is None else e.soft[j]))
+            if e.paths is not None:    # the teacher's drawn items: blocks that read what the target reads
+                blocks += [(codes[x], p + 1, rows) for x, rows in zip(e.paths[0][j], e.paths[1][j])]
         cut += sum(t is not None for t in e.target[len(marks):])
         if blocks:
             out.append((s, blocks))

@@ -131,6 +131,9 @@ def run(params: Params, canonical: str | Path, ids: str | Path,
             if used and (not teacher or not Path(teacher).exists()):
                 raise FileNotFoundError(f"train.{key} = {value}: the SASRec-CE model {teacher} was not "
                                         "found (run the collab stage, pass --teacher models/sasrec/model.pt)")
+        if cfg.distill_paths and not (cfg.distill and cfg.causal):
+            raise ValueError(f"train.distill_paths = {cfg.distill_paths} needs train.distill > 0 and train.causal "
+                             f"(got distill {cfg.distill}, causal {cfg.causal}): the drawn paths learn the teacher's rows")
         if cfg.distill:
             teach = cid_teacher(str(teacher), tok, idmap, cfg.distill_temperature)
         builder = ExampleBuilder(events, items, idmap, cfg, count, teach)
