@@ -174,7 +174,7 @@ def main(argv=None) -> None:
     print("\nPairs the T5 ranks above the target and SASRec-CE does not, by the level where the item's path "
           "leaves the target's; mean excess of each level (T5 margin - SASRec margin):\n")
     print("| leaves at | pairs | " + " | ".join(f"l{t}" for t in range(depth)) + " | sum |")
-    print("| --- | --- | " + "--- | " * (depth + 1))
+    print("| --- | --- | " + "--- | " * depth + "--- |")
     for d in range(depth):
         sel = wins & (leave == d)
         if not sel.any():
@@ -187,7 +187,7 @@ def main(argv=None) -> None:
     level = torch.arange(depth)
     off = (level[None, None, :] > leave[:, :, None])                                # below a code that left the path
     print("\nMean |T5 in trie - SASRec-CE| of log p(code_t | prefix) (std; positions):\n")
-    print("| path | " + " | ".join(f"l{t}" for t in range(depth)) + " |\n| --- | " + "--- | " * depth)
+    print("| path | " + " | ".join(f"l{t}" for t in range(depth)) + " |\n| --- |" + " --- |" * depth)
     for name, mask in (("target's", torch.zeros_like(off).index_fill_(1, torch.tensor([0]), True)),
                        ("below a code off the target's", off)):
         cells = []
