@@ -26,6 +26,8 @@ each rec target also gets P paths of items drawn from the teacher, the clicked i
 
 and the student learns the teacher's code distributions on them (extra decoder blocks of the same
 target, `gensar.model.train.Collate`): its scores of the competitors the beam meets follow the teacher.
+Their hard labels (weight 1 - a) are the drawn item's own codes: a sample of the teacher's distribution
+(the clicked item left out), so in expectation they pull the same way as the soft rows.
 """
 from __future__ import annotations
 
