@@ -33,19 +33,13 @@ import torch
 
 from gensar.eval.baselines import SASRecRanker
 from gensar.eval.candidates import history_items
+from gensar.model.distill import prefix_groups
 from gensar.model.generate import GenSARModel
+from gensar.model.levels import decoder_hidden
 from gensar.model.t5 import encode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from code_ceiling import valid_rec_requests
-
-
-def prefix_groups(codes: np.ndarray) -> list[np.ndarray]:
-    """codes [N, depth] local code indices -> per depth t the group of each item's first t codes."""
-    out = [np.zeros(len(codes), dtype=np.int64)]
-    for t in range(1, codes.shape[1]):
-        out.append(np.unique(codes[:, :t], axis=0, return_inverse=True)[1].reshape(-1))
-    return out
 
 
 def trie_children(codes: np.ndarray, groups: list[np.ndarray], widths: list[int]) -> list[torch.Tensor]:
@@ -84,12 +78,8 @@ def t5_conditionals(gm: GenSARModel, sources: list[str], paths: torch.Tensor, co
     n, C, depth = paths.shape
     enc = gm.encode_sources(sources)
     states = encode(model, enc["input_ids"], enc["attention_mask"], causal=gm.cfg.causal)   # [n, S, D]
-    labels = paths.reshape(n * C, depth)
-    dec = model.decoder(input_ids=model._shift_right(labels),
-                        encoder_hidden_states=states.repeat_interleave(C, 0),
-                        encoder_attention_mask=enc["attention_mask"].repeat_interleave(C, 0)).last_hidden_state
-    if model.config.scale_decoder_outputs:
-        dec = dec * (model.model_dim ** -0.5)                                       # [n*C, depth, D]
+    dec = decoder_hidden(model, states.repeat_interleave(C, 0), enc["attention_mask"].repeat_interleave(C, 0),
+                         paths.reshape(n * C, depth))                                # [n*C, depth, D]
     weight = model.lm_head.weight
     decoded, in_trie = [], []
     for t in range(depth):

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from benchmarks.path_scores import (
-    prefix_groups,
     rank_metrics,
     sasrec_conditionals,
     t5_conditionals,
     trie_children,
 )
 from gensar.config import TrainConfig
+from gensar.model.distill import prefix_groups
 from gensar.model.generate import GenSARModel
 from tests.conftest import random_events, tiny_world
 

@@ -43,6 +43,14 @@ from gensar.logs import progress
 logger = logging.getLogger(__name__)
 
 
+def prefix_groups(codes: np.ndarray) -> list[np.ndarray]:
+    """codes [N, depth] -> per depth t [N] the group of each item's first t codes (t = 0: one group)."""
+    out = [np.zeros(len(codes), dtype=np.int64)]
+    for t in range(1, codes.shape[1]):
+        out.append(np.unique(codes[:, :t], axis=0, return_inverse=True)[1].reshape(-1))
+    return out
+
+
 class LevelTeacher:
     """SASRec-CE's next-click distribution, as each CID level's conditional code distribution.
 
@@ -59,10 +67,7 @@ class LevelTeacher:
         self.codes = torch.as_tensor(np.asarray(codes, dtype=np.int64))     # [N, depth]
         self.width, self.temperature, self.batch_size = width, temperature, batch_size
         # prefix[t][i]: the group of item i's first t codes (prefix[0] = one group of every item)
-        self.prefix = [torch.zeros(len(item_ids), dtype=torch.long)]
-        for t in range(1, self.codes.shape[1]):
-            _, inv = torch.unique(self.codes[:, :t], dim=0, return_inverse=True)
-            self.prefix.append(inv)
+        self.prefix = [torch.as_tensor(g) for g in prefix_groups(np.asarray(codes, dtype=np.int64))]
 
     @torch.no_grad()
     def probs(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:

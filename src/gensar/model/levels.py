@@ -108,10 +108,18 @@ def t5_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labe
     from gensar.model.t5 import encode
 
     enc = encode(model, input_ids, attention_mask, causal)
+    return decoder_hidden(model, enc, cross_mask if cross_mask is not None else attention_mask, labels,
+                          decoder_input_ids, decoder_mask)
+
+
+def decoder_hidden(model, states: torch.Tensor, encoder_mask: torch.Tensor, labels: torch.Tensor,
+                   decoder_input_ids: torch.Tensor | None = None, decoder_mask: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """`t5_hidden` given the encoder states [B, S, D] (e.g. one request's states repeated for many
+    target paths): the decoder's outputs [B, T, D], scaled as before `lm_head`."""
     dec_in = decoder_input_ids if decoder_input_ids is not None else model._shift_right(labels)
-    dec = model.decoder(input_ids=dec_in, attention_mask=decoder_mask, encoder_hidden_states=enc,
-                        encoder_attention_mask=cross_mask if cross_mask is not None else attention_mask
-                        ).last_hidden_state
+    dec = model.decoder(input_ids=dec_in, attention_mask=decoder_mask, encoder_hidden_states=states,
+                        encoder_attention_mask=encoder_mask).last_hidden_state
     if model.config.scale_decoder_outputs:
         dec = dec * (model.model_dim ** -0.5)
     return dec
