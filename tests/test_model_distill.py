@@ -113,6 +113,34 @@ def test_drawn_paths_travel_as_extra_blocks_that_read_what_their_target_reads(ti
     np.testing.assert_allclose(batch["soft"][0, depth:2 * depth].numpy(), b[0][1][1][2].astype(np.float32))
 
 
+def test_a_share_of_the_targets_shows_its_drawn_paths_a_new_draw_each_epoch(tiny_corpus, teacher_path):
+    tok, ids = tiny_corpus["tok"], tiny_corpus["ids"]
+    teacher = cid_teacher(str(teacher_path), tok, ids)
+    events = user_events(tiny_corpus["inter"], tiny_corpus["queries"])
+    base = dataclasses.replace(load_params(None).train, history_len=3, causal=True, distill_paths=1)
+    every = ExampleBuilder(events, tiny_corpus["items"], ids, base, teacher=teacher)
+    half = ExampleBuilder(events, tiny_corpus["items"], ids, dataclasses.replace(base, distill_share=0.5),
+                          teacher=teacher)
+
+    def shown(builder, epoch):    # [rec targets] whether each shows its drawn path, and the examples
+        rec = sorted((e for e in builder.epoch(epoch) if e.task == "rec"), key=lambda e: e.source)
+        return np.array([len(row) > 0 for e in rec for row in e.paths[0]]), rec
+
+    full, _ = shown(every, 0)
+    assert full.all() and len(full) > 40
+    first, rec = shown(half, 0)
+    assert 0.3 < first.mean() < 0.7                                    # about half of the targets
+    again, _ = shown(half, 0)
+    later, _ = shown(half, 1)
+    np.testing.assert_array_equal(first, again)                        # seeded by (seed, epoch)
+    assert (first != later).any()                                      # another draw the next epoch
+    blocks = tokenize_epoch(tok, rec, 128, 40, causal=True)
+    assert sum(len(b) for _, b in blocks) == len(first) + first.sum()  # a target, plus its path when shown
+    with pytest.raises(ValueError, match="distill_share must be in"):
+        ExampleBuilder(events, tiny_corpus["items"], ids, dataclasses.replace(base, distill_share=0.0),
+                       teacher=teacher)
+
+
 def test_distill_loss_mixes_the_click_and_the_teacher(tiny_corpus):
     tok, ids = tiny_corpus["tok"], tiny_corpus["ids"]
     levels = LevelVocab(tok, ids)

@@ -165,6 +165,8 @@ class TrainConfig:
     distill_temperature: float = 1.0
     distill_paths: int = 0        # with distill: per rec target, this many items drawn from the teacher whose
                                   # paths also learn its code distributions (gensar.model.distill)
+    distill_share: float = 1.0    # the share of rec targets that show their drawn paths in an epoch (a seeded
+                                  # draw per epoch; the others train on the clicked path alone: cheaper steps)
     lr: float = 2e-3
     schedule: str = "constant"    # constant | inverse_sqrt (after warmup) | cosine (to 0 at the last epoch)
     cooldown: float = 0.0         # constant / inverse_sqrt: the last share of training (of max_minutes when

@@ -28,6 +28,8 @@ and the student learns the teacher's code distributions on them (extra decoder b
 target, `gensar.model.train.Collate`): its scores of the competitors the beam meets follow the teacher.
 Their hard labels (weight 1 - a) are the drawn item's own codes: a sample of the teacher's distribution
 (the clicked item left out), so in expectation they pull the same way as the soft rows.
+With `train.distill_share` = s < 1 a seeded draw of each epoch shows the drawn paths of a share s of
+the rec targets only (`ExampleBuilder._render`): fewer decoder blocks a step, the same rows over epochs.
 """
 from __future__ import annotations
 

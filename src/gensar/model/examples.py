@@ -146,6 +146,8 @@ class ExampleBuilder:
         if teach:
             if cfg.distill_paths < 0:
                 raise ValueError(f"train.distill_paths must be >= 0, got {cfg.distill_paths}")
+            if not 0.0 < cfg.distill_share <= 1.0:
+                raise ValueError(f"train.distill_share must be in (0, 1], got {cfg.distill_share}")
             soft, drawn = teacher.teach([h for h, _ in teach], [t for _, t in teach], cfg.distill_paths, cfg.seed,
                                         show=True)
             logger.info("examples: teacher code distributions of %d rec targets, %d drawn paths each (%.0f MB)",
@@ -198,6 +200,8 @@ class ExampleBuilder:
         if task == "rec" and c.causal:
             clicks, n_context, soft, paths = (*payload, None, None)[:4]
             source, targets = prompts.rec_sequence(clicks, ids, n_context, c.max_query_tokens)
+            if paths is not None and c.distill_share < 1.0:     # this epoch's share of targets shows its paths
+                paths = ([row if rng.random() < c.distill_share else () for row in paths[0]], paths[1])
             return [Example(task, source, targets, soft, paths)]
         if task == "rec":
             hist, e = payload
