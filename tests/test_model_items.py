@@ -101,11 +101,54 @@ def test_item_embeddings_start_from_the_sasrec_vectors(with_items):
     assert torch.equal(w[others], before[others])                    # codes, text and item 0 untouched
 
 
-@pytest.mark.parametrize("history_codes", [True, False])
-def test_stage_export_and_runtime_follow_the_item_tokens(tiny_corpus, teacher_path, tmp_path, history_codes):
+def test_rec_first_items_scores_a_cids_first_code_as_the_mass_of_its_items(tiny_corpus, with_items):
+    """`train.rec_first: items`: a CID target's first position is a softmax over the item rows (loss: the
+    clicked item), its first code the summed probability of the items under it; SID targets and the
+    lower CID levels keep their level softmax."""
+    from gensar.model.levels import LevelVocab
+    from gensar.model.train import Collate
+
+    ids, tok = with_items
+    levels = LevelVocab(tok, ids, first_items=True)
+    with pytest.raises(ValueError, match="rec_first: items .* needs train.item_tokens"):
+        LevelVocab(tok, tiny_corpus["ids"], first_items=True)                   # a map without item tokens
+    a, b = ids.item_ids[3], ids.item_ids[5]
+    cid = check_single_tokens(tok, ids.cid_tokens(a)) + [tok.eos_token_id]
+    sid = check_single_tokens(tok, ids.sid_tokens(b)) + [tok.eos_token_id]
+    batch = Collate(tok.pad_token_id, levels=levels)([([5, 6], [(cid, 2, None)]), ([5, 6], [(sid, 2, None)])])
+    items = batch["items"]
+    assert items[0, 0] == 3 and (items[0, 1:] == -1).all() and (items[1] == -1).all()   # the CID's item, once
+    torch.manual_seed(0)
+    weight = torch.randn(len(tok), 8)
+    hidden = torch.randn(2, len(cid), 8)
+    labels = batch["labels"]
+    # p(c_0): the item softmax summed under each first code, a distribution over the codes
+    logp = levels.first_logp(hidden[:, 0], weight)                                  # [2, K]
+    assert torch.allclose(torch.logsumexp(logp, -1), torch.zeros(2), atol=1e-5)
+    p_items = torch.softmax(hidden[0, 0] @ weight[torch.as_tensor(levels.item_tokens)].T, -1)
+    code = levels.item_first[3]
+    assert torch.isclose(logp[0, code].exp(), p_items[torch.as_tensor(levels.item_first == code)].sum(), atol=1e-6)
+    # the loss: the clicked item over the item rows at the CID's first position, level codes elsewhere
+    plain = levels.loss(hidden, labels, weight)
+    group0 = torch.as_tensor(levels.space["cid"][0])
+    code_ce = torch.nn.functional.cross_entropy(hidden[0, 0] @ weight[group0].T, torch.tensor(int(code)))
+    item_ce = -torch.log(p_items[3])
+    n = (labels >= 0).sum() - 2                                                      # the EOS after each identifier
+    assert torch.allclose(levels.loss(hidden, labels, weight, items=items), plain + (item_ce - code_ce) / n, atol=1e-5)
+    # a teacher's first-code distribution is matched by the marginals
+    soft = torch.zeros(2, len(cid), 256)
+    soft[0, 0, code] = 1.0
+    taught = levels.loss(hidden, labels, weight, soft=soft, distill=1.0, items=items)
+    assert torch.allclose(taught, plain + (-logp[0, code] - code_ce) / n, atol=1e-5)
+
+
+@pytest.mark.parametrize("history_codes,rec_first", [(True, "codes"), (False, "codes"), (False, "items")])
+def test_stage_export_and_runtime_follow_the_item_tokens(tiny_corpus, teacher_path, tmp_path, history_codes,
+                                                         rec_first):
     """`train.item_tokens: sasrec` end to end: the stage starts the rows from the teacher, needs it,
     and the exported runtime renders item tokens (with or without the history's codes,
-    `train.history_codes`) as the PyTorch model does (same top items)."""
+    `train.history_codes`) and scores a CID's first code (`train.rec_first`) as the PyTorch model does
+    (same top items, same scores)."""
     from gensar.model.generate import GenSARModel
     from gensar.serve.runtime import Runtime
     from gensar.stages.export import run as export
@@ -114,7 +157,7 @@ def test_stage_export_and_runtime_follow_the_item_tokens(tiny_corpus, teacher_pa
     params = load_params(None, {"model.size": "tiny", "model.vocab_size": 200, "train.epochs": 1,
                                 "train.batch_size": 16, "train.eval_users": 2, "train.eval_beams": 4,
                                 "train.device": "cpu", "train.distill": 0.0, "train.item_tokens": "sasrec",
-                                "train.history_codes": history_codes})
+                                "train.history_codes": history_codes, "train.rec_first": rec_first})
     args = (params, tiny_corpus["canonical"], tiny_corpus["ids_dir"], tmp_path / "t5", tmp_path / "m.json")
     with pytest.raises(FileNotFoundError, match="item_tokens = sasrec"):
         train(*args)
@@ -142,6 +185,11 @@ def test_stage_export_and_runtime_follow_the_item_tokens(tiny_corpus, teacher_pa
     histories = [r.history for r in reqs]
     sources = gm.sources("rec", histories)
     assert all("<item_" in s and ("<h0_" in s) == history_codes for s in sources)
+    assert (rt.first_items is not None) == (rec_first == "items") and gm.cfg.rec_first == rec_first
     got = rt.recommend_batch(histories, 5)
     want = gm.recommend_batch(histories, 5)
     assert [[h.item_id for h in g] for g in got] == [[w[0] for w in ws] for ws in want]
+    assert max(abs(h.score - w[1]) for g, ws in zip(got, want) for h, w in zip(g, ws)) < 1e-4
+    if rec_first == "items":     # the first code's teacher-forced accuracy reads the same marginals
+        free, in_trie = gm.level_accuracy(sources, "cid", [r.target for r in reqs])
+        assert all(0 <= f <= t <= 1 for f, t in zip(free, in_trie))

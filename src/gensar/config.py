@@ -159,6 +159,8 @@ class TrainConfig:
                                   # token; its embedding starts random, or from SASRec-CE's item vector
     history_codes: bool = True    # history entries show the item's identifier; false (needs item_tokens):
                                   # the item token alone, a third of the tokens per click
+    rec_first: Literal["codes", "items"] = "codes"   # a CID's first code: a softmax over its codes, or the
+                                  # mass of the items under it from a softmax over the item rows (needs item_tokens)
     causal: bool = True           # causal encoder: a rec example trains every click of a history in one pass
     label_smoothing: float = 0.0
     distill: float = 0.0          # weight of SASRec-CE's code distributions in the rec CID loss (gensar.model.distill)

@@ -54,7 +54,8 @@ class GenSARModel:
             self.codes[space] = seqs
             self.tries[space] = IdentifierTrie(list(seqs.values()), list(seqs))
         # identifier-aware scores (train.id_loss: level): each depth is a softmax over its level's codes
-        self.levels = LevelVocab(tokenizer, ids) if self.cfg.id_loss == "level" else None
+        self.levels = (LevelVocab(tokenizer, ids, self.cfg.rec_first == "items") if self.cfg.id_loss == "level"
+                       else None)
         self.count = prompts.token_counter(lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
         logger.info("generate: tries over %d items (sid depth %d, cid depth %d), scores over %s", len(ids),
                     self.tries["sid"].depth, self.tries["cid"].depth,
@@ -105,7 +106,7 @@ class GenSARModel:
         self.model.eval()
         if self.levels is not None:
             constrain = {"logits_processor": LogitsProcessorList(
-                [LevelTrieProcessor(tries, self.levels.space[space], beams, eos)])}
+                [LevelTrieProcessor(tries, self.levels.space[space], beams, eos, self._first(space))])}
         else:
             constrain = {"prefix_allowed_tokens_fn": allowed}
         out = self.model.generate(
@@ -125,6 +126,12 @@ class GenSARModel:
                 ranked.append((item, float(score)))
             results.append(ranked[:k])
         return results
+
+    def _first(self, space: str) -> LevelVocab | None:
+        """The item rows that score a CID's first code (`train.rec_first: items`), else None."""
+        if space == "cid" and self.levels is not None and self.levels.item_tokens is not None:
+            return self.levels
+        return None
 
     # ----------------------------------------------------------------------------------------
     def encode_sources(self, sources: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -186,6 +193,10 @@ class GenSARModel:
             labels = torch.tensor([self.codes[space][t] for t in targets[i:i + batch]], device=self.device)
             hidden = t5_hidden(self.model, enc["input_ids"], enc["attention_mask"], labels, causal=self.cfg.causal)
             logits = hidden @ self.model.lm_head.weight.T                                # [b, depth, V]
+            if self._first(space) is not None:      # depth 0 scores the items' mass under each code
+                toks = torch.as_tensor(groups[0], device=self.device)
+                logits[:, 0] = float("-inf")
+                logits[:, 0, toks] = self.levels.first_logp(hidden[:, 0], self.model.lm_head.weight)
             for t in range(depth):
                 if groups is None:
                     pred = logits[:, t].argmax(-1)

@@ -13,6 +13,18 @@ must learn, on ruling out text it can never emit there. With `train.id_loss: lev
                (`LevelTrieProcessor` for HF `generate`, `normalize="level"` in the onnxruntime
                runtime), so training and serving score exactly the same distribution.
 
+With `train.rec_first: items` the first code of a collaborative ID (CID, recommendation) is not a
+softmax of its own: the decoder's first state scores every item row (the item tokens of
+`train.item_tokens`, tied output embedding), and a first code's probability is the mass of the items
+under it,
+
+    p(item | x)  = softmax(h_0 @ E[item tokens]^T)                        [n, N]
+    p(c_0 = c)   = sum of p(item) over the items whose CID starts with c  [n, K]   (`first_code_logp`)
+
+trained with the clicked item as label (a full softmax over items, as SASRec-CE's) and decoded from the
+marginals; the lower levels stay per-level codes. A CID target is known by its whole token sequence
+(`LevelVocab.item_of`), so rec targets, the teacher's drawn paths and text -> CID alignment all train it.
+
 `LevelVocab` holds, per level group (`h0`, `h1`, `s2`, `c2`, ..., `d4`; `IdentifierMap.level_groups`),
 the token ids of its codes in code order, the inverse lookups token id -> (group, local index), and
 `space[sid|cid][t]`: the group token ids of identifier position t.
@@ -28,10 +40,22 @@ from gensar.model.prompts import IdentifierMap
 from gensar.model.tokenizer import check_single_tokens
 
 
-class LevelVocab:
-    """Token ids of every identifier level group, and token id -> group / local index tables."""
+def first_code_logp(item_logits: torch.Tensor, first_code: torch.Tensor, width: int) -> torch.Tensor:
+    """[n, N] item logits, first_code [N] (local index of each item's first CID code) -> [n, width]
+    log p(c_0 = c): log of the summed item probabilities under each code (-inf where no item is)."""
+    lp = torch.log_softmax(item_logits.float(), -1)                       # [n, N]
+    top = lp.max(-1, keepdim=True).values
+    mass = torch.zeros(len(lp), width, dtype=lp.dtype, device=lp.device).index_add_(1, first_code, (lp - top).exp())
+    return mass.log() + top                                               # [n, width]
 
-    def __init__(self, tokenizer, ids: IdentifierMap):
+
+class LevelVocab:
+    """Token ids of every identifier level group, and token id -> group / local index tables; with
+    `first_items` (`train.rec_first: items`) the item rows that score a CID's first code: `item_tokens`
+    [N] their token ids, `item_first` [N] each item's first CID code (local index), `item_of` a CID's
+    token ids -> item index."""
+
+    def __init__(self, tokenizer, ids: IdentifierMap, first_items: bool = False):
         by_group = ids.level_groups()
         self.names = sorted(by_group, key=lambda g: (int(g[1:]), g[0]))
         self.groups: list[np.ndarray] = []
@@ -48,6 +72,16 @@ class LevelVocab:
         # space -> the group token ids of each identifier position
         self.space = {space: [self.groups[self.names.index(g)] for g in ids.space_groups(space)]
                       for space in ("sid", "cid")}
+        self.item_tokens = self.item_first = None
+        self.item_of: dict[tuple[int, ...], int] = {}
+        if first_items:
+            if not ids.item_tokens:
+                raise ValueError("train.rec_first: items scores the item rows: it needs train.item_tokens random or sasrec")
+            self.item_tokens = np.array(check_single_tokens(tokenizer, ids.all_item_tokens()), dtype=np.int64)
+            cids = [check_single_tokens(tokenizer, ids.cid_tokens(i)) for i in ids.item_ids]
+            self.item_first = self.local_of[[c[0] for c in cids]]
+            self.item_of = {tuple(c): n for n, c in enumerate(cids)}
+        self.cid_depth = len(self.space["cid"])
 
     def tensors(self, device) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         key = str(device)
@@ -57,10 +91,20 @@ class LevelVocab:
                                 [torch.as_tensor(g, device=device) for g in self.groups])
         return self._torch[key]
 
+    def item_label(self, target: list[int]) -> int:
+        """The item index of a target that is a CID (its token ids, EOS or not), else -1."""
+        return self.item_of.get(tuple(target[:self.cid_depth]), -1)
+
+    def first_logp(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """hidden [n, D] first decoder states of CID targets -> [n, K] log p(c_0) from the item rows."""
+        toks = torch.as_tensor(self.item_tokens, device=hidden.device)
+        first = torch.as_tensor(self.item_first, device=hidden.device)
+        return first_code_logp(hidden @ weight[toks].T, first, len(self.space["cid"][0]))
+
     # ----------------------------------------------------------------------------------------
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
-             label_smoothing: float = 0.0, soft: torch.Tensor | None = None, distill: float = 0.0
-             ) -> torch.Tensor:
+             label_smoothing: float = 0.0, soft: torch.Tensor | None = None, distill: float = 0.0,
+             items: torch.Tensor | None = None) -> torch.Tensor:
         """Mean cross-entropy over the scored target positions.
 
         hidden [B, T, D]: decoder outputs already scaled as T5 scales them before `lm_head`;
@@ -68,7 +112,10 @@ class LevelVocab:
         are scored over their level's codes, text positions over the whole vocabulary; the EOS right
         after an identifier token is skipped. `soft` [B, T, width]: a teacher's distribution over the
         level's codes where a row is not all zero (`gensar.model.distill`); there the position's loss
-        is (1 - distill) * CE(label) + distill * CE(soft).
+        is (1 - distill) * CE(label) + distill * CE(soft). `items` [B, T] (`rec_first: items`): the
+        item index at the first position of each CID target (-1 elsewhere); there the hard loss is the
+        cross-entropy of the clicked item over every item row, and `soft` is matched by the first-code
+        marginals of that item distribution.
         """
         group_of, local_of, groups = self.tensors(labels.device)
         y = labels.reshape(-1)                                             # [B*T]
@@ -78,6 +125,23 @@ class LevelVocab:
         after_id = (y == self.eos) & (prev >= 0) & (group_of[prev.clamp(min=0)] >= 0)
         g = torch.where(after_id, torch.full_like(g, -2), g)
         total, count = hidden.new_zeros(()), 0
+        if items is not None and self.item_tokens is not None:
+            it = items.reshape(-1)
+            sel = (it >= 0).nonzero().squeeze(1)
+            g = torch.where(it >= 0, torch.full_like(g, -2), g)                 # scored here, not by its code
+            if len(sel):
+                toks = torch.as_tensor(self.item_tokens, device=h.device)
+                logits = h[sel] @ weight[toks].T                              # [n, N]
+                ce = F.cross_entropy(logits, it[sel], reduction="none", label_smoothing=label_smoothing)
+                if soft is not None and distill:
+                    first = torch.as_tensor(self.item_first, device=h.device)
+                    width = len(self.space["cid"][0])
+                    q = soft.reshape(-1, soft.shape[-1])[sel, :width]          # [n, K]
+                    logp = first_code_logp(logits, first, width).clamp(min=-1e4)   # no items: -inf, q = 0 there
+                    soft_ce = -(q * logp).sum(-1)
+                    ce = torch.where(q.sum(-1) > 0, (1 - distill) * ce + distill * soft_ce, ce)
+                total = total + ce.sum()
+                count += len(sel)
         for gi, toks in enumerate(groups):
             sel = (g == gi).nonzero().squeeze(1)
             if len(sel):
@@ -138,7 +202,7 @@ class Seq2SeqLoss(torch.nn.Module):
         self.model, self.levels, self.label_smoothing, self.causal = model, levels, label_smoothing, causal
         self.distill = distill
 
-    def forward(self, input_ids, attention_mask, labels, soft=None, **packed):
+    def forward(self, input_ids, attention_mask, labels, soft=None, items=None, **packed):
         if self.levels is None and not self.label_smoothing and not packed and not self.causal:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         hidden = t5_hidden(self.model, input_ids, attention_mask, labels, causal=self.causal, **packed)
@@ -146,7 +210,8 @@ class Seq2SeqLoss(torch.nn.Module):
             logits = hidden @ self.model.lm_head.weight.T
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                    ignore_index=-100, label_smoothing=self.label_smoothing)
-        return self.levels.loss(hidden, labels, self.model.lm_head.weight, self.label_smoothing, soft, self.distill)
+        return self.levels.loss(hidden, labels, self.model.lm_head.weight, self.label_smoothing, soft, self.distill,
+                                items)
 
 
 class LevelTrieProcessor(LogitsProcessor):
@@ -155,12 +220,14 @@ class LevelTrieProcessor(LogitsProcessor):
     At depth t (tokens decoded after the start token) every row gets log_softmax over its level's
     codes (the training distribution), then -inf outside the children of its trie node; after a
     complete identifier only EOS, with log-probability 0. `tries[b]` is the trie of request b
-    (rows are request-major, `beams` rows per request).
+    (rows are request-major, `beams` rows per request). `first` (a CID trie of a `rec_first: items`
+    model): the `LevelVocab` whose item rows give depth 0's scores, `first_code_logp`.
     """
 
-    def __init__(self, tries, level_groups: list[np.ndarray], beams: int, eos: int):
+    def __init__(self, tries, level_groups: list[np.ndarray], beams: int, eos: int, first: LevelVocab | None = None):
         self.tries, self.beams, self.eos = tries, beams, eos
         self.level_groups = [torch.as_tensor(g) for g in level_groups]
+        self.first = first
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         t = input_ids.shape[1] - 1                                          # identifier tokens so far
@@ -169,7 +236,12 @@ class LevelTrieProcessor(LogitsProcessor):
             out[:, self.eos] = 0.0
             return out
         toks = self.level_groups[t].to(scores.device)
-        level = torch.log_softmax(scores[:, toks], dim=-1)                  # [R, K]
+        if t == 0 and self.first is not None:                               # the items' mass under each code
+            items = torch.as_tensor(self.first.item_tokens, device=scores.device)
+            first = torch.as_tensor(self.first.item_first, device=scores.device)
+            level = first_code_logp(scores[:, items], first, len(toks))     # [R, K]
+        else:
+            level = torch.log_softmax(scores[:, toks], dim=-1)              # [R, K]
         mask = torch.zeros_like(scores, dtype=torch.bool)
         prefixes = input_ids[:, 1:].tolist()
         for row, prefix in enumerate(prefixes):

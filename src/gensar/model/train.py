@@ -183,11 +183,13 @@ class Collate:
 
     A block's `soft` ([target length, width] or None) is the teacher's code distribution at each of
     its positions (`train.distill`); when a batch has any, `soft` [B, T, width] holds them (zero rows
-    elsewhere).
+    elsewhere). With `levels` that score a CID's first code by its items (`train.rec_first: items`),
+    `items` [B, T] holds the item index of every CID target at its first position (-1 elsewhere).
     """
 
-    def __init__(self, pad_id: int, causal: bool = False):
+    def __init__(self, pad_id: int, causal: bool = False, levels: LevelVocab | None = None):
         self.pad_id, self.causal = pad_id, causal
+        self.levels = levels if levels is not None and levels.item_tokens is not None else None
 
     def __call__(self, batch: list[tuple[list[int], list[tuple[list[int], int, np.ndarray | None]]]]
                  ) -> dict[str, torch.Tensor]:
@@ -211,6 +213,14 @@ class Collate:
                         soft[i, at:at + len(s), :s.shape[1]] = torch.as_tensor(s.astype(np.float32))
                     at += len(tgt)
             out["soft"] = soft
+        if self.levels is not None:
+            items = torch.full((len(batch), tgt_len), -1, dtype=torch.long)
+            for i, (_, blocks) in enumerate(batch):
+                at = 0
+                for tgt, *_ in blocks:
+                    items[i, at] = self.levels.item_label(tgt)
+                    at += len(tgt)
+            out["items"] = items
         if not self.causal:
             return out
         neg = torch.finfo(torch.float32).min
@@ -401,9 +411,11 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model.to(device)
-    levels = LevelVocab(tokenizer, builder.ids) if cfg.id_loss == "level" else None
     if cfg.id_loss not in ("full", "level"):
         raise ValueError(f"train.id_loss must be full or level, got {cfg.id_loss!r}")
+    if cfg.rec_first == "items" and cfg.id_loss != "level":
+        raise ValueError("train.rec_first: items needs train.id_loss: level (the lower CID levels stay per-level codes)")
+    levels = LevelVocab(tokenizer, builder.ids, cfg.rec_first == "items") if cfg.id_loss == "level" else None
     if cfg.distill and levels is None:
         raise ValueError("train.distill needs train.id_loss: level (the teacher's targets are per-level codes)")
     objective = Seq2SeqLoss(model, levels, cfg.label_smoothing, cfg.causal, cfg.distill)
@@ -444,7 +456,7 @@ def fit(model, tokenizer, builder: ExampleBuilder, make_generator, valid: list[R
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
     amp = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    collate = Collate(tokenizer.pad_token_id, cfg.causal)
+    collate = Collate(tokenizer.pad_token_id, cfg.causal, levels)
     max_target = max(cfg.max_query_tokens * 2, 16) + 8
 
     st = {"epoch": -1, "step": 0, "best": -1.0, "best_row": -1, "bad": 0, "history": [], "train_seconds": 0.0,

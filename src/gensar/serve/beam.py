@@ -14,6 +14,9 @@ Beam search (per request, N beams, identifier depth L, scores are summed log-pro
     step L:   (meta `score_eos`, default) add log p(EOS | identifier), as the PyTorch path scores the
               EOS it forces after a complete identifier
     result:   the N leaves sorted by score, top k
+
+A model trained with `train.rec_first: items` scores a CID's first code as the mass of the items under
+it: at step 0 the decoder scores every item row (`first_items`) and `first_code_logp` sums them per code.
 """
 from __future__ import annotations
 
@@ -25,6 +28,14 @@ from gensar.serve.session import OnnxSeq2Seq
 # full: HF's whole-vocabulary log-softmax | allowed: over the trie's allowed tokens | level: over each
 # identifier level's codes (models trained with train.id_loss: level); auto: what the export says
 NORMALIZE = ("full", "allowed", "level")
+
+
+def first_code_logp(item_logp: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+    """[R, N] log p(item), onehot [N, K] (item -> its first code) -> [R, K] log of the items' summed
+    probability under each first code (-inf where none is); `gensar.model.levels.first_code_logp`."""
+    top = item_logp.max(1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(item_logp - top) @ onehot) + top
 
 
 def best_candidates(allowed: np.ndarray, score: np.ndarray, logp: np.ndarray, b: int, keep: int):
@@ -58,14 +69,17 @@ def best_candidates(allowed: np.ndarray, score: np.ndarray, logp: np.ndarray, b:
 def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.ndarray, trie: IdentifierTrie,
                 level_weights: list[np.ndarray] | None, num_beams: int, start_id: int, eos_id: int | None,
                 normalize: str = "full", code_weights: list[np.ndarray] | None = None,
-                code_index: list[np.ndarray] | None = None) -> list[list[tuple[str, float]]]:
+                code_index: list[np.ndarray] | None = None,
+                first_items: tuple[np.ndarray, np.ndarray] | None = None) -> list[list[tuple[str, float]]]:
     """Best `num_beams` identifiers of `trie` for each of the B encoder inputs, best first.
 
     level_weights[t] (`normalize="allowed"` only): output-embedding columns of trie.vocab[t] [D, V_t]. eos_id: score the EOS that follows a
     complete identifier (as the PyTorch path does), None to skip it. `normalize="level"` (models
     trained with `train.id_loss: level`): code_weights[t] [D, K] are the columns of every code of
     depth t's level and code_index[t] [V_t] the position of each trie token among them; the
-    log-softmax runs over the K codes (the training distribution) and EOS is forced (log 1 = 0).
+    log-softmax runs over the K codes (the training distribution) and EOS is forced (log 1 = 0);
+    first_items (`normalize="level"`, a `rec_first: items` model's CID trie): (item columns [D, N], onehot
+    [N, K] of each item's first code), depth 0 is then `first_code_logp` of the item softmax.
     Returns per request a list of (item_id, summed log-probability); beams that found no valid
     identifier are dropped.
     """
@@ -84,6 +98,11 @@ def beam_search(model: OnnxSeq2Seq, input_ids: np.ndarray, attention_mask: np.nd
         allowed = trie.allowed(t, node)                                       # [R, V_t]
         if full:
             logp, present = model.step(tokens, attention_mask, cross, past, token_ids=vocab)
+        elif normalize == "level" and t == 0 and first_items is not None:
+            every = np.ones((len(tokens), first_items[0].shape[1]), dtype=bool)
+            logp, present = model.step(tokens, attention_mask, cross, past, token_weight=first_items[0],
+                                       token_mask=every)                      # [R, N] log p(item)
+            logp = first_code_logp(logp, first_items[1])[:, code_index[t]]    # [R, V_t]
         elif normalize == "level":
             every = np.ones((len(tokens), code_weights[t].shape[1]), dtype=bool)
             logp, present = model.step(tokens, attention_mask, cross, past, token_weight=code_weights[t],

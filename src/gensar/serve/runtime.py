@@ -123,8 +123,18 @@ class Runtime:
                 pos = np.full(len(self.tokenizer), -1, dtype=np.int64)
                 pos[c] = np.arange(len(c))
                 self.code_pos[space].append(pos)
-        logger.info("runtime: %s loaded: %d items, beams %d, normalize=%s", export_dir, len(item_ids),
-                    beams, normalize)
+        # rec_first: items (normalize=level): a CID's first code is the mass of the items under it
+        self.first_items = None
+        if normalize == "level" and gen.get("rec_first", "codes") == "items":
+            if self.ids.item_ids != item_ids:
+                raise ValueError(f"{export_dir}: trie.npz and ids/ list the items in different orders; re-export")
+            rows = np.array(self.tokenizer.convert_tokens_to_ids(self.ids.all_item_tokens()), dtype=np.int64)
+            first = self.code_pos["cid"][0][self.id_tokens["cid"][:, 0]]             # [N] local first code
+            onehot = np.zeros((len(item_ids), self.code_weights["cid"][0].shape[1]), dtype=np.float32)
+            onehot[np.arange(len(item_ids)), first] = 1.0
+            self.first_items = (np.ascontiguousarray(self.model.lm_head[rows].T), onehot)
+        logger.info("runtime: %s loaded: %d items, beams %d, normalize=%s%s", export_dir, len(item_ids),
+                    beams, normalize, ", CID first code from the item rows" if self.first_items else "")
 
     @classmethod
     def load(cls, export_dir: str | Path = "models/onnx", **kw) -> Runtime:
@@ -171,7 +181,7 @@ class Runtime:
             code_i = [pos[v] for pos, v in zip(self.code_pos[space], trie.vocab)]
         return beam_search(self.model, ids, mask, trie, level_w, beams, self.start_id,
                            self.eos_id if self.score_eos else None, self.normalize,
-                           self.code_weights[space], code_i)
+                           self.code_weights[space], code_i, self.first_items if space == "cid" else None)
 
     def generate_items(self, sources: Sequence[str], space: str, ks: Sequence[int],
                        beams: int | None = None, candidates: Sequence[Sequence[str]] | None = None

@@ -52,6 +52,7 @@ def run(params: Params, model: str | Path, ids: str | Path,
         "causal": bool(train.get("causal", False)),    # causal encoder: inputs without EOS, a causal encoder graph
         # the scores the model was trained to give (the runtime's normalize=auto)
         "normalize": "level" if train.get("id_loss", params.train.id_loss) == "level" else "full",
+        "rec_first": str(train.get("rec_first", "codes")),   # items: a CID's first code from the item rows
     }
     weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
     versions = {
