@@ -12,10 +12,11 @@ from gensar.config import ModelConfig, load_params
 from gensar.ids.sasrec import load_sasrec
 from gensar.model import prompts
 from gensar.model.examples import Event, eval_requests, user_events
-from gensar.model.levels import init_item_embeddings
+from gensar.model.levels import LevelVocab, init_item_embeddings, t5_hidden
 from gensar.model.prompts import IdentifierMap
 from gensar.model.t5 import build_model
 from gensar.model.tokenizer import check_single_tokens, train_tokenizer
+from gensar.model.train import Collate, validate
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +106,6 @@ def test_rec_first_items_scores_a_cids_first_code_as_the_mass_of_its_items(tiny_
     """`train.rec_first: items`: a CID target's first position is a softmax over the item rows (loss: the
     clicked item), its first code the summed probability of the items under it; SID targets and the
     lower CID levels keep their level softmax."""
-    from gensar.model.levels import LevelVocab
-    from gensar.model.train import Collate
-
     ids, tok = with_items
     levels = LevelVocab(tok, ids, first_items=True)
     with pytest.raises(ValueError, match="rec_first: items .* needs train.item_tokens"):
@@ -140,6 +138,19 @@ def test_rec_first_items_scores_a_cids_first_code_as_the_mass_of_its_items(tiny_
     soft[0, 0, code] = 1.0
     taught = levels.loss(hidden, labels, weight, soft=soft, distill=1.0, items=items)
     assert torch.allclose(taught, plain + (-logp[0, code] - code_ce) / n, atol=1e-5)
+
+
+def test_one_identifier_for_both_tasks_decodes_both_from_the_item_rows(tiny_corpus, with_items):
+    """With `ids.mode` semantic / collaborative a search target is the same identifier as a rec target, so
+    `rec_first: items` trains it from the item rows: decoding either space must read them too."""
+    ids, tok = with_items
+    assert ids.cid_spaces() == ("cid",)                                  # gensar: SID and CID differ below h1
+    frame = pd.read_parquet(tiny_corpus["ids_dir"] / "identifiers.parquet")
+    frame["cid"] = frame["sid"]
+    one = IdentifierMap(frame, {**ids.meta, "cid_kinds": ids.meta["sid_kinds"]}, item_tokens=True)
+    assert one.cid_spaces() == ("sid", "cid")
+    levels = LevelVocab(tok, one, first_items=True)
+    assert levels.item_spaces == ("sid", "cid") and levels.item_label(check_single_tokens(tok, one.sid_tokens(one.item_ids[2]))) == 2
 
 
 @pytest.mark.parametrize("history_codes,rec_first", [(True, "codes"), (False, "codes"), (False, "items")])
@@ -190,6 +201,17 @@ def test_stage_export_and_runtime_follow_the_item_tokens(tiny_corpus, teacher_pa
     want = gm.recommend_batch(histories, 5)
     assert [[h.item_id for h in g] for g in got] == [[w[0] for w in ws] for ws in want]
     assert max(abs(h.score - w[1]) for g, ws in zip(got, want) for h, w in zip(g, ws)) < 1e-4
-    if rec_first == "items":     # the first code's teacher-forced accuracy reads the same marginals
+    if rec_first == "items":
+        # the first code's teacher-forced accuracy reads the same marginals; its argmax is the code with most mass
         free, in_trie = gm.level_accuracy(sources, "cid", [r.target for r in reqs])
         assert all(0 <= f <= t <= 1 for f, t in zip(free, in_trie))
+        # the item head alone ranks the items by the first position's item softmax (whatever the CID)
+        head = gm.first_item_ranking(sources, 4)
+        labels = torch.tensor([gm.codes["cid"][r.target] for r in reqs])
+        enc = gm.encode_sources(sources)
+        with torch.no_grad():
+            h0 = t5_hidden(gm.model, enc["input_ids"], enc["attention_mask"], labels, causal=gm.cfg.causal)[:, 0]
+            logits = h0 @ gm.model.lm_head.weight[torch.as_tensor(gm.levels.item_tokens)].T
+        assert head == [[gm.ids.item_ids[j] for j in row] for row in logits.topk(4, -1).indices.tolist()]
+        out = validate(gm, reqs, k=5, beams=8, show=False)
+        assert 0 <= out["rec/items/recall@5"] <= 1 and "rec/items/ndcg@5" in out

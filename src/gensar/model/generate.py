@@ -106,7 +106,7 @@ class GenSARModel:
         self.model.eval()
         if self.levels is not None:
             constrain = {"logits_processor": LogitsProcessorList(
-                [LevelTrieProcessor(tries, self.levels.space[space], beams, eos, self._first(space))])}
+                [LevelTrieProcessor(tries, self.levels.space[space], beams, eos, self.first_items(space))])}
         else:
             constrain = {"prefix_allowed_tokens_fn": allowed}
         out = self.model.generate(
@@ -127,9 +127,9 @@ class GenSARModel:
             results.append(ranked[:k])
         return results
 
-    def _first(self, space: str) -> LevelVocab | None:
+    def first_items(self, space: str) -> LevelVocab | None:
         """The item rows that score a CID's first code (`train.rec_first: items`), else None."""
-        if space == "cid" and self.levels is not None and self.levels.item_tokens is not None:
+        if self.levels is not None and space in self.levels.item_spaces:
             return self.levels
         return None
 
@@ -193,7 +193,7 @@ class GenSARModel:
             labels = torch.tensor([self.codes[space][t] for t in targets[i:i + batch]], device=self.device)
             hidden = t5_hidden(self.model, enc["input_ids"], enc["attention_mask"], labels, causal=self.cfg.causal)
             logits = hidden @ self.model.lm_head.weight.T                                # [b, depth, V]
-            if self._first(space) is not None:      # depth 0 scores the items' mass under each code
+            if self.first_items(space) is not None:      # depth 0 scores the items' mass under each code
                 toks = torch.as_tensor(groups[0], device=self.device)
                 logits[:, 0] = float("-inf")
                 logits[:, 0, toks] = self.levels.first_logp(hidden[:, 0], self.model.lm_head.weight)
@@ -209,6 +209,25 @@ class GenSARModel:
                     correct_trie[t] += int(toks[logits[r, t, toks].argmax()] == row[t])
         n = max(1, len(sources))
         return (correct / n).tolist(), (correct_trie / n).tolist()
+
+    @torch.no_grad()
+    def first_item_ranking(self, sources: Sequence[str], k: int = 10, batch: int = 64) -> list[list[str]]:
+        """A `rec_first: items` model's top-k items by the item softmax at the first CID position alone
+        (no identifier decoded): what the model knows of the next item before the beam and the lower
+        code levels act on it (a diagnostic, `valid/rec/items/*`)."""
+        if self.first_items("cid") is None:
+            raise ValueError("first_item_ranking needs a model trained with train.rec_first: items")
+        rows = torch.as_tensor(self.levels.item_tokens, device=self.device)
+        out = []
+        self.model.eval()
+        for i in range(0, len(sources), batch):
+            enc = self.encode_sources(sources[i:i + batch])
+            start = torch.full((len(enc["input_ids"]), 1), self.start, device=self.device)
+            hidden = t5_hidden(self.model, enc["input_ids"], enc["attention_mask"], start, decoder_input_ids=start,
+                               causal=self.cfg.causal)                                     # [b, 1, D]
+            top = (hidden[:, 0] @ self.model.lm_head.weight[rows].T).topk(k, -1).indices    # [b, k]
+            out += [[self.ids.item_ids[j] for j in row] for row in top.tolist()]
+        return out
 
     def recommend(self, history: Sequence, k: int = 10, candidates: Sequence[str] | None = None):
         """Top-k (item_id, score) for the next recommendation after `history` (list of events)."""

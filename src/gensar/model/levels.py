@@ -73,6 +73,7 @@ class LevelVocab:
         self.space = {space: [self.groups[self.names.index(g)] for g in ids.space_groups(space)]
                       for space in ("sid", "cid")}
         self.item_tokens = self.item_first = None
+        self.item_spaces: tuple[str, ...] = ()     # the spaces decoded from the item rows (`IdentifierMap.cid_spaces`)
         self.item_of: dict[tuple[int, ...], int] = {}
         if first_items:
             if not ids.item_tokens:
@@ -81,6 +82,7 @@ class LevelVocab:
             cids = [check_single_tokens(tokenizer, ids.cid_tokens(i)) for i in ids.item_ids]
             self.item_first = self.local_of[[c[0] for c in cids]]
             self.item_of = {tuple(c): n for n, c in enumerate(cids)}
+            self.item_spaces = ids.cid_spaces()
         self.cid_depth = len(self.space["cid"])
 
     def tensors(self, device) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:

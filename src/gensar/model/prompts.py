@@ -172,6 +172,11 @@ class IdentifierMap:
         kinds = self.sid_kinds if space == "sid" else self.cid_kinds
         return [f"{k}{t}" for t, k in enumerate(kinds)]
 
+    def cid_spaces(self) -> tuple[str, ...]:
+        """The spaces whose identifiers are collaborative IDs: ('cid',), or both when the two spaces use
+        the same identifiers (`ids.mode` semantic or collaborative: one identifier serves both tasks)."""
+        return ("sid", "cid") if self.space_groups("sid") == self.space_groups("cid") else ("cid",)
+
 
 # --------------------------------------------------------------------------------------------
 # rendering

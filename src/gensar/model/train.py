@@ -325,6 +325,9 @@ def validate(gm, requests: list[Request], k: int = 10, beams: int = 20, batch: i
                              true prefix (comparable with benchmarks/code_ceiling.py's SASRec row)
         first_code_in_beam   share of targets whose first code is the first code of one of the
                              `beams` identifiers the beam search ends with
+        items/ndcg@k, items/recall@k   (rec, `train.rec_first: items`) the item softmax of the first
+                             CID position as a ranking of its own: what the beam and the lower levels
+                             keep of what the model knows
 
     A model that cannot place the first code fails for another reason than one that loses the last.
     """
@@ -346,6 +349,10 @@ def validate(gm, requests: list[Request], k: int = 10, beams: int = 20, batch: i
         first = {item: codes[0] for item, codes in gm.codes[space].items()}
         out[f"{behavior}/first_code_in_beam"] = float(np.mean(
             [first[t] in {first[i] for i in r} for t, r in zip(targets, ranked)]))
+        if space == "cid" and gm.first_items("cid") is not None:
+            head = target_ranks(gm.first_item_ranking(sources, k), targets)
+            out[f"rec/items/ndcg@{k}"] = float(ndcg_at(head, k).mean())
+            out[f"rec/items/recall@{k}"] = float(hit_at(head, k).mean())
         free, in_trie = gm.level_accuracy(sources, space, targets)
         for t, (acc, acc_trie) in enumerate(zip(free, in_trie)):
             out[f"{behavior}/acc/l{t}"] = acc

@@ -181,7 +181,7 @@ class Runtime:
             code_i = [pos[v] for pos, v in zip(self.code_pos[space], trie.vocab)]
         return beam_search(self.model, ids, mask, trie, level_w, beams, self.start_id,
                            self.eos_id if self.score_eos else None, self.normalize,
-                           self.code_weights[space], code_i, self.first_items if space == "cid" else None)
+                           self.code_weights[space], code_i, self.first_items if space in self.ids.cid_spaces() else None)
 
     def generate_items(self, sources: Sequence[str], space: str, ks: Sequence[int],
                        beams: int | None = None, candidates: Sequence[Sequence[str]] | None = None
