@@ -12,7 +12,7 @@ from gensar.config import ModelConfig, load_params
 from gensar.ids.sasrec import load_sasrec
 from gensar.model import prompts
 from gensar.model.examples import Event, eval_requests, user_events
-from gensar.model.levels import LevelVocab, init_item_embeddings, t5_hidden
+from gensar.model.levels import LevelVocab, first_code_logp, init_item_embeddings, t5_hidden
 from gensar.model.prompts import IdentifierMap
 from gensar.model.t5 import build_model
 from gensar.model.tokenizer import check_single_tokens, train_tokenizer
@@ -138,6 +138,19 @@ def test_rec_first_items_scores_a_cids_first_code_as_the_mass_of_its_items(tiny_
     soft[0, 0, code] = 1.0
     taught = levels.loss(hidden, labels, weight, soft=soft, distill=1.0, items=items)
     assert torch.allclose(taught, plain + (-logp[0, code] - code_ce) / n, atol=1e-5)
+
+
+def test_first_code_marginals_stay_finite_far_below_the_best_item():
+    """A code whose items all sit 200 nats below the best item keeps a finite log-mass and gradient (a plain
+    exp would underflow to log 0 and 0/0); codes without items are -inf and pass no NaN back."""
+    logits = torch.tensor([[0.0, -200.0, -201.0, 3.0]], requires_grad=True)       # items -> codes 0, 1, 1, 0
+    first = torch.tensor([0, 1, 1, 0])
+    logp = first_code_logp(logits, first, 3)                                       # code 2: no item
+    lse = torch.logsumexp(logits, -1)
+    assert torch.allclose(logp[0, 1], torch.logsumexp(logits[0, 1:3], 0) - lse)
+    assert torch.isfinite(logp[0, :2]).all() and logp[0, 2] == float("-inf")
+    (-logp[0, 1].clamp(min=-1e4)).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[0, 1] < 0
 
 
 def test_one_identifier_for_both_tasks_decodes_both_from_the_item_rows(tiny_corpus, with_items):

@@ -44,8 +44,11 @@ def first_code_logp(item_logits: torch.Tensor, first_code: torch.Tensor, width: 
     """[n, N] item logits, first_code [N] (local index of each item's first CID code) -> [n, width]
     log p(c_0 = c): log of the summed item probabilities under each code (-inf where no item is)."""
     lp = torch.log_softmax(item_logits.float(), -1)                       # [n, N]
-    top = lp.max(-1, keepdim=True).values
-    mass = torch.zeros(len(lp), width, dtype=lp.dtype, device=lp.device).index_add_(1, first_code, (lp - top).exp())
+    # a logsumexp per code: shift by the code's best item (detached: the result does not depend on it), so
+    # every used code sums >= 1 (no underflow to log 0, no 0/0 in the gradient); unused codes stay -inf
+    idx = first_code.expand(len(lp), -1)
+    top = torch.full((len(lp), width), float("-inf"), device=lp.device).scatter_reduce(1, idx, lp.detach(), "amax")
+    mass = torch.zeros_like(top).index_add_(1, first_code, (lp - top.gather(1, idx)).exp())
     return mass.log() + top                                               # [n, width]
 
 
