@@ -217,7 +217,6 @@ class GenSARModel:
         code levels act on it (a diagnostic, `valid/rec/items/*`)."""
         if self.first_items("cid") is None:
             raise ValueError("first_item_ranking needs a model trained with train.rec_first: items")
-        rows = torch.as_tensor(self.levels.item_tokens, device=self.device)
         out = []
         self.model.eval()
         for i in range(0, len(sources), batch):
@@ -225,7 +224,7 @@ class GenSARModel:
             start = torch.full((len(enc["input_ids"]), 1), self.start, device=self.device)
             hidden = t5_hidden(self.model, enc["input_ids"], enc["attention_mask"], start, decoder_input_ids=start,
                                causal=self.cfg.causal)                                     # [b, 1, D]
-            top = (hidden[:, 0] @ self.model.lm_head.weight[rows].T).topk(k, -1).indices    # [b, k]
+            top = self.levels.item_logits(hidden[:, 0], self.model.lm_head.weight).topk(k, -1).indices   # [b, k]
             out += [[self.ids.item_ids[j] for j in row] for row in top.tolist()]
         return out
 

@@ -100,11 +100,18 @@ class LevelVocab:
         """The item index of a target that is a CID (its token ids, EOS or not), else -1."""
         return self.item_of.get(tuple(target[:self.cid_depth]), -1)
 
+    def item_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """hidden [n, D] first decoder states -> [n, N] the scores of the item rows of `weight` [V, D]."""
+        return hidden @ weight[torch.as_tensor(self.item_tokens, device=hidden.device)].T
+
+    def first_from_items(self, item_logits: torch.Tensor) -> torch.Tensor:
+        """[n, N] item scores -> [n, K] log p(c_0): `first_code_logp` over this map's first CID codes."""
+        first = torch.as_tensor(self.item_first, device=item_logits.device)
+        return first_code_logp(item_logits, first, len(self.space["cid"][0]))
+
     def first_logp(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """hidden [n, D] first decoder states of CID targets -> [n, K] log p(c_0) from the item rows."""
-        toks = torch.as_tensor(self.item_tokens, device=hidden.device)
-        first = torch.as_tensor(self.item_first, device=hidden.device)
-        return first_code_logp(hidden @ weight[toks].T, first, len(self.space["cid"][0]))
+        return self.first_from_items(self.item_logits(hidden, weight))
 
     # ----------------------------------------------------------------------------------------
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
@@ -135,14 +142,11 @@ class LevelVocab:
             sel = (it >= 0).nonzero().squeeze(1)
             g = torch.where(it >= 0, torch.full_like(g, -2), g)                 # scored here, not by its code
             if len(sel):
-                toks = torch.as_tensor(self.item_tokens, device=h.device)
-                logits = h[sel] @ weight[toks].T                              # [n, N]
+                logits = self.item_logits(h[sel], weight)                     # [n, N]
                 ce = F.cross_entropy(logits, it[sel], reduction="none", label_smoothing=label_smoothing)
                 if soft is not None and distill:
-                    first = torch.as_tensor(self.item_first, device=h.device)
-                    width = len(self.space["cid"][0])
-                    q = soft.reshape(-1, soft.shape[-1])[sel, :width]          # [n, K]
-                    logp = first_code_logp(logits, first, width).clamp(min=-1e4)   # no items: -inf, q = 0 there
+                    q = soft.reshape(-1, soft.shape[-1])[sel, :len(self.space["cid"][0])]   # [n, K]
+                    logp = self.first_from_items(logits).clamp(min=-1e4)      # no items: -inf, q = 0 there
                     soft_ce = -(q * logp).sum(-1)
                     ce = torch.where(q.sum(-1) > 0, (1 - distill) * ce + distill * soft_ce, ce)
                 total = total + ce.sum()
@@ -243,8 +247,7 @@ class LevelTrieProcessor(LogitsProcessor):
         toks = self.level_groups[t].to(scores.device)
         if t == 0 and self.first is not None:                               # the items' mass under each code
             items = torch.as_tensor(self.first.item_tokens, device=scores.device)
-            first = torch.as_tensor(self.first.item_first, device=scores.device)
-            level = first_code_logp(scores[:, items], first, len(toks))     # [R, K]
+            level = self.first.first_from_items(scores[:, items])           # [R, K]
         else:
             level = torch.log_softmax(scores[:, toks], dim=-1)              # [R, K]
         mask = torch.zeros_like(scores, dtype=torch.bool)
